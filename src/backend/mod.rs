@@ -1,0 +1,107 @@
+//! Cluster backends behind two small traits.
+//!
+//! * [`Presence`]: anonymous ids, user→node mapping, online count, group membership and
+//!   the node-location lookups routing needs.
+//! * [`Broker`]: moves encoded batches of frames between nodes.
+//!
+//! Each has an in-memory implementation ([`memory`]), the embedded default that makes a
+//! single binary a complete chat server, and a cluster one (Redis, RabbitMQ). The session
+//! and router code only ever see the traits.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+/// A boxed, sendable future: the traits are used as `dyn` so the backend is chosen at
+/// start-up without making every caller generic. Calls are per connect/join/batch, never
+/// per recipient.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A backend could not do what was asked. Maps to the `unavailable` error code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("presence store unavailable: {0}")]
+    Presence(String),
+    #[error("broker unavailable: {0}")]
+    Broker(String),
+}
+
+/// What a routing lookup is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Every connection of a user.
+    User(Box<str>),
+    /// Every member connection of a group.
+    Group(Box<str>),
+}
+
+/// Cluster state shared by all nodes.
+///
+/// Counts are per connection: a user with two connections in a group is one member, who
+/// "joins" when the first connection joins and "leaves" when the last one leaves.
+pub trait Presence: Send + Sync + 'static {
+    /// Reserves the smallest free positive integer as an anonymous user id, cluster-wide.
+    fn allocate_id(&self) -> BoxFuture<'_, Result<u64, BackendError>>;
+
+    /// Returns an id from [`allocate_id`](Self::allocate_id) whose connection never
+    /// started (the upgrade failed).
+    fn release_id(&self, id: u64) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Records one more connection of `user` on this node. Once this resolves, routing
+    /// lookups from any node find this node for `user`.
+    fn connect<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Records that one connection of `user` on this node ended while a member of
+    /// `groups`. Frees the user's anonymous id when it was its last connection. Returns
+    /// the groups the user has now left cluster-wide (each needs a presence `leave`).
+    fn disconnect<'a>(
+        &'a self,
+        user: &'a str,
+        groups: &'a [Box<str>],
+    ) -> BoxFuture<'a, Result<Vec<Box<str>>, BackendError>>;
+
+    /// One connection of `user` on this node joined `group`. `true` if it is the user's
+    /// first connection in the group (a presence `join` is due).
+    fn join<'a>(&'a self, user: &'a str, group: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// One connection of `user` on this node left `group`. `true` if it was the user's last
+    /// connection in the group (a presence `leave` is due).
+    fn leave<'a>(&'a self, user: &'a str, group: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Cluster-wide number of online users.
+    fn online_count(&self) -> BoxFuture<'_, Result<u64, BackendError>>;
+
+    /// Online users in `group`, cluster-wide, sorted.
+    fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>>;
+
+    /// For each target, the nodes holding at least one of its connections. One round trip
+    /// for the whole batch.
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>>;
+
+    /// `false` while the store is unreachable.
+    fn is_healthy(&self) -> bool;
+
+    /// Removes everything this node registered (graceful shutdown).
+    fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+}
+
+/// Moves batches between nodes. A batch is opaque bytes (see `router::batch`).
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes one batch to `node`. Resolves once the broker has taken responsibility for
+    /// it (publisher confirm): only then may the messages in it be acked `sent`.
+    fn publish<'a>(&'a self, node: &'a str, batch: Bytes) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// `false` while the broker is unreachable.
+    fn is_healthy(&self) -> bool;
+
+    /// Stops consuming and closes connections (graceful shutdown).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Ordering used for `members` lists: numeric ids in numeric order, then the rest.
+pub fn sort_users(users: &mut [String]) {
+    users.sort_unstable_by(|a, b| (a.len(), a.as_str()).cmp(&(b.len(), b.as_str())));
+}

@@ -1,0 +1,172 @@
+//! This node's connections, sharded: user → connections and group → member connections.
+//!
+//! Each shard is a `RwLock` over two maps; a key's shard comes from a hash seeded apart
+//! from the maps' own. Delivery takes one shard's read lock and pushes a clone of the
+//! already-encoded frame into each recipient's outbox, so fan-out costs an atomic increment
+//! and a queue push per recipient, and no lock is shared by all messages.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::outbox::Outbox;
+
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// One WebSocket connection as the router sees it.
+#[derive(Debug)]
+pub struct Conn {
+    /// Unique on this node for the life of the process.
+    pub id: u64,
+    pub user: Arc<str>,
+    pub outbox: Outbox,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))] // keep shards on separate cache lines (adjacent-line prefetch included)
+struct Shard {
+    maps: RwLock<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    users: Map<Vec<Arc<Conn>>>,
+    groups: Map<Vec<Arc<Conn>>>,
+}
+
+/// The local connection registry.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Hub {
+    /// `shards` is rounded up to a power of two.
+    pub fn new(shards: usize) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        Hub { shards: (0..n).map(|_| Shard::default()).collect(), hasher: Default::default() }
+    }
+
+    #[inline]
+    fn shard(&self, key: &str) -> &RwLock<Maps> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h & (self.shards.len() - 1)].maps
+    }
+
+    pub fn add_user(&self, conn: &Arc<Conn>) {
+        self.shard(&conn.user).write().users.entry(conn.user.as_ref().into()).or_default().push(conn.clone());
+    }
+
+    pub fn remove_user(&self, conn: &Conn) {
+        remove(&mut self.shard(&conn.user).write().users, &conn.user, conn.id);
+    }
+
+    /// Adds `conn` to `group`'s local members.
+    pub fn join(&self, group: &str, conn: &Arc<Conn>) {
+        self.shard(group).write().groups.entry(group.into()).or_default().push(conn.clone());
+    }
+
+    pub fn leave(&self, group: &str, conn: &Conn) {
+        remove(&mut self.shard(group).write().groups, group, conn.id);
+    }
+
+    /// Pushes `frame` to every local connection of `user`; returns how many took it.
+    #[inline]
+    pub fn deliver_user(&self, user: &str, frame: &Bytes) -> usize {
+        let maps = self.shard(user).read();
+        maps.users.get(user).map_or(0, |conns| push_all(conns, frame, u64::MAX))
+    }
+
+    /// Pushes `frame` to every local member of `group` except connection `exclude`.
+    #[inline]
+    pub fn deliver_group(&self, group: &str, frame: &Bytes, exclude: u64) -> usize {
+        let maps = self.shard(group).read();
+        maps.groups.get(group).map_or(0, |conns| push_all(conns, frame, exclude))
+    }
+
+    /// Number of local connections of `user`.
+    pub fn user_connections(&self, user: &str) -> usize {
+        self.shard(user).read().users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Number of local member connections of `group`.
+    pub fn group_connections(&self, group: &str) -> usize {
+        self.shard(group).read().groups.get(group).map_or(0, Vec::len)
+    }
+
+    /// Every local connection (for shutdown and resync).
+    pub fn connections(&self) -> Vec<Arc<Conn>> {
+        let mut all = Vec::new();
+        for s in self.shards.iter() {
+            all.extend(s.maps.read().users.values().flatten().cloned());
+        }
+        all
+    }
+}
+
+#[inline]
+fn push_all(conns: &[Arc<Conn>], frame: &Bytes, exclude: u64) -> usize {
+    let mut n = 0;
+    for c in conns {
+        // A refused push means the connection is closing or was just marked a slow
+        // consumer; either way it is not a delivery.
+        if c.id != exclude && c.outbox.push(frame.clone()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn remove(map: &mut Map<Vec<Arc<Conn>>>, key: &str, id: u64) {
+    if let Some(conns) = map.get_mut(key) {
+        if let Some(i) = conns.iter().position(|c| c.id == id) {
+            conns.swap_remove(i);
+        }
+        if conns.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn conn(id: u64, user: &str) -> Arc<Conn> {
+        Arc::new(Conn { id, user: user.into(), outbox: Outbox::new(16, 1 << 20) })
+    }
+
+    fn drained(c: &Conn) -> usize {
+        let mut q = VecDeque::new();
+        c.outbox.take(&mut q);
+        q.len()
+    }
+
+    #[test]
+    fn users_and_groups() {
+        let hub = Hub::new(4);
+        let (a1, a2, b) = (conn(1, "a"), conn(2, "a"), conn(3, "b"));
+        for c in [&a1, &a2, &b] {
+            hub.add_user(c);
+        }
+        let f = Bytes::from_static(b"x");
+        assert_eq!(hub.deliver_user("a", &f), 2);
+        assert_eq!(hub.deliver_user("nobody", &f), 0);
+        hub.join("g", &a1);
+        hub.join("g", &b);
+        assert_eq!(hub.deliver_group("g", &f, a1.id), 1, "sender connection excluded");
+        assert_eq!((drained(&a1), drained(&a2), drained(&b)), (1, 1, 1));
+        hub.leave("g", &b);
+        assert_eq!(hub.group_connections("g"), 1);
+        hub.leave("g", &a1);
+        assert_eq!(hub.group_connections("g"), 0);
+        hub.remove_user(&a1);
+        assert_eq!(hub.user_connections("a"), 1);
+        assert_eq!(hub.connections().len(), 2);
+    }
+}

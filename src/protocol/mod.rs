@@ -1,0 +1,144 @@
+//! The v1 wire contract (`docs/PROTOCOL.md`) as pure functions over bytes.
+//!
+//! * [`parse`] turns one client text frame into a [`ClientFrame`] borrowing the input;
+//!   nothing here touches a socket, so it is unit-tested, fuzzed and benched in isolation.
+//! * [`encode`] builds every server frame once, already framed for WebSocket, as a `Bytes`
+//!   that is shared (reference-counted) with every recipient.
+//! * [`ws`] is the few bytes of RFC 6455 framing the server writes itself.
+
+pub mod encode;
+pub mod parse;
+pub mod ws;
+
+use std::borrow::Cow;
+
+pub use parse::{ParseError, SimdScratch, parse, parse_serde, parse_simd};
+
+/// Longest user id or group name, in bytes (all allowed characters are ASCII).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Deepest array/object nesting accepted inside `content`: recipients' parsers may recurse.
+pub const MAX_DEPTH: usize = 128;
+
+/// A client request, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Direct message to every connection of a user.
+    Once {
+        to: Cow<'a, str>,
+        content: &'a str,
+    },
+    /// Message to every member of a group the sender has joined.
+    Group {
+        to: Cow<'a, str>,
+        content: &'a str,
+    },
+    Join {
+        group: Cow<'a, str>,
+    },
+    Leave {
+        group: Cow<'a, str>,
+    },
+    Online,
+    Members {
+        group: Cow<'a, str>,
+    },
+    Ping,
+}
+
+/// One parsed client frame.
+///
+/// `id` is the client's correlation id as its raw JSON string token (quotes and escapes
+/// included), so replies echo it byte-for-byte without re-escaping. `content` is likewise
+/// the raw JSON text of the value, forwarded untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFrame<'a> {
+    pub id: Option<&'a str>,
+    pub request: Request<'a>,
+}
+
+/// Error codes of the contract's `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadRequest,
+    NotMember,
+    RateLimited,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 4] =
+        [ErrorCode::BadRequest, ErrorCode::NotMember, ErrorCode::RateLimited, ErrorCode::Unavailable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// `true` if `s` is a valid user id or group name: 1 to 128 of `A-Z a-z 0-9 _ . : @ -`.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+/// Outcome of a `once`/`group` message, as reported in its `ack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    Sent,
+    Offline,
+}
+
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Sent => "sent",
+            AckStatus::Offline => "offline",
+        }
+    }
+}
+
+/// Server-assigned message id: unique per node incarnation, connection and sequence.
+///
+/// Written as `<incarnation hex>-<conn hex>-<seq hex>`; stamping it costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageId {
+    pub incarnation: u32,
+    pub conn: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:x}-{:x}", self.incarnation, self.conn, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("17"));
+        assert!(is_valid_name("room.1:a@b-c_d"));
+        assert!(is_valid_name(&"a".repeat(128)));
+        assert!(!is_valid_name(&"a".repeat(129)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("has space"));
+        assert!(!is_valid_name("slash/"));
+        assert!(!is_valid_name("é"));
+        assert!(!is_valid_name("quote\""));
+    }
+
+    #[test]
+    fn message_id_format() {
+        let mid = MessageId { incarnation: 0xab, conn: 0x1f, seq: 2 };
+        assert_eq!(mid.to_string(), "000000ab-1f-2");
+    }
+}

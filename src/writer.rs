@@ -1,0 +1,136 @@
+//! The per-connection writer task: drain the outbox, `writev` it, repeat.
+//!
+//! It owns the socket's write half. Each wake-up it takes everything queued (corking: under
+//! load many frames go out in one system call) and writes the frames' shared `Bytes`
+//! directly, without copying them into a per-connection buffer.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::hub::Conn;
+use crate::outbox::Phase;
+use crate::protocol::ws;
+
+/// Frames per `writev` call (the array lives on the stack only while polling).
+const IOV_BATCH: usize = 128;
+
+/// How long a connection that is being dropped as a slow consumer gets to take the rest of
+/// its current frame and the 1013 close frame.
+pub const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs until the connection's output ends. Never panics on I/O; failures mark the outbox
+/// dead, which wakes the session.
+pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) {
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        if batch.is_empty() {
+            match conn.outbox.take(&mut batch) {
+                Phase::Open if batch.is_empty() => {
+                    conn.outbox.writer_wakeup().await;
+                    continue;
+                }
+                Phase::Closing if batch.is_empty() => {
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+                Phase::SlowConsumer => return slow_consumer(&mut wr, &mut batch).await,
+                Phase::Dead => return,
+                Phase::Open | Phase::Closing => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            res = write_some(&mut wr, &mut batch) => {
+                if res.is_err() {
+                    conn.outbox.mark_dead();
+                    return;
+                }
+            }
+            // Frames arriving while a write is pending only need a wake-up if they made the
+            // client a slow consumer; otherwise the next `take` collects them.
+            () = conn.outbox.writer_wakeup() => {
+                if conn.outbox.phase() == Phase::SlowConsumer {
+                    return slow_consumer(&mut wr, &mut batch).await;
+                }
+            }
+        }
+    }
+}
+
+/// Finishes the frame already partly on the wire (so the stream stays well-formed), then
+/// sends close 1013 and ends. Frames not yet started are dropped.
+async fn slow_consumer(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) {
+    // `write_some` advances the front frame as it is written, so a partly written frame is
+    // the only one whose remaining bytes differ from a fresh frame: we cannot tell, so we
+    // keep the front frame (complete or partial) and drop the rest.
+    batch.truncate(1);
+    batch.push_back(ws::close_frame(ws::close::TRY_AGAIN_LATER, "slow consumer"));
+    let flush = async {
+        while !batch.is_empty() {
+            write_some(wr, batch).await?;
+        }
+        wr.shutdown().await
+    };
+    let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, flush).await;
+}
+
+/// One vectored write of the front of `batch`; consumes what was written.
+async fn write_some(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    let n = std::future::poll_fn(|cx| {
+        let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+        let mut k = 0;
+        for frame in batch.iter().take(IOV_BATCH) {
+            iov[k] = IoSlice::new(frame);
+            k += 1;
+        }
+        match std::pin::Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..k]) {
+            Poll::Ready(Ok(0)) if k > 0 => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            other => other,
+        }
+    })
+    .await?;
+    advance(batch, n);
+    Ok(())
+}
+
+/// Drops `n` written bytes from the front of `batch`.
+fn advance(batch: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = batch.front_mut() else { return };
+        if n >= front.len() {
+            n -= front.len();
+            batch.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
+    // Empty frames (nothing to write) would otherwise never leave the queue.
+    while batch.front().is_some_and(Bytes::is_empty) {
+        batch.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_across_frames() {
+        let mut q: VecDeque<Bytes> =
+            ["abc", "de", "", "fgh"].iter().map(|s| Bytes::from_static(s.as_bytes())).collect();
+        advance(&mut q, 4);
+        assert_eq!(q, [Bytes::from_static(b"e"), Bytes::new(), Bytes::from_static(b"fgh")]);
+        advance(&mut q, 1);
+        assert_eq!(q, [Bytes::from_static(b"fgh")]);
+        advance(&mut q, 3);
+        assert!(q.is_empty());
+    }
+}

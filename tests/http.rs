@@ -1,0 +1,197 @@
+//! Plain HTTP endpoints and handshake refusals.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chatgate::backend::memory::MemoryPresence;
+use chatgate::backend::{BackendError, BoxFuture, Presence, Target};
+use chatgate::{Backends, Config};
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn ping_health_ready() {
+    let gw = Gateway::start().await;
+    let r = gw.http("GET", "/ping", &[], "").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "pong"));
+    assert_eq!(gw.http("GET", "/healthz", &[], "").await.status, 200);
+    assert_eq!(gw.http("GET", "/readyz", &[], "").await.status, 200);
+    let r = gw.http("GET", "/nope", &[], "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+    assert_eq!(gw.http("POST", "/ping", &[], "").await.status, 405);
+}
+
+#[tokio::test]
+async fn members_endpoint_validates_the_name() {
+    let gw = Gateway::start().await;
+    let r = gw.http("GET", "/api/groups/a%20b/members", &[], "").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_request");
+    let r = gw.http("GET", "/api/groups/empty/members", &[], "").await;
+    assert_eq!(r.json(), json!({"group":"empty","users":[]}));
+}
+
+#[tokio::test]
+async fn plain_get_on_ws_path_is_refused() {
+    let gw = Gateway::start().await;
+    let r = gw.http("GET", "/ws", &[], "").await;
+    assert_eq!(r.status, 426);
+    let r = gw
+        .http("GET", "/ws", &[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "8")], "")
+        .await;
+    assert_eq!(r.status, 426);
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503() {
+    let gw = Gateway::start_with(|c| c.max_connections = 2).await;
+    let _a = gw.client().await;
+    let _b = gw.client().await;
+    let err = tokio_tungstenite::connect_async(gw.url()).await.expect_err("third connection refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
+        other => panic!("expected HTTP 503, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_api_needs_the_key() {
+    let gw = Gateway::start().await;
+    let r = gw.http("POST", "/api/publish", &[], r#"{"type":"once","to":"1","from":"x","content":1}"#).await;
+    assert_eq!(r.status, 403, "disabled without CHAT_API_KEY");
+
+    let gw = Gateway::start_with(|c| c.api_key = Some("s3cret".into())).await;
+    let mut a = gw.client().await;
+    let mut b = gw.client().await;
+    b.join("news").await;
+    let body = format!(r#"{{"type":"once","to":"{}","from":"system","content":{{"n":1}}}}"#, a.user);
+    let r = gw.http("POST", "/api/publish", &[], &body).await;
+    assert_eq!(r.status, 401, "no key");
+    let r = gw.http("POST", "/api/publish", &[("Authorization", "Bearer wrong")], &body).await;
+    assert_eq!(r.status, 401, "wrong key");
+    let auth = [("Authorization", "Bearer s3cret")];
+    let r = gw.http("POST", "/api/publish", &auth, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "sent");
+    let m = a.recv().await;
+    assert_eq!(
+        (m["type"].as_str(), m["from"].as_str(), m["content"].clone()),
+        (Some("once"), Some("system"), json!({"n":1}))
+    );
+    assert_eq!(m["mid"], r.json()["mid"]);
+
+    let r = gw.http("POST", "/api/publish", &auth, r#"{"type":"group","to":"news","from":"bot","content":"hi"}"#).await;
+    assert_eq!(r.json()["status"], "sent");
+    let m = b.recv_type("group").await;
+    assert_eq!((m["from"].as_str(), m["to"].as_str()), (Some("bot"), Some("news")));
+
+    let r = gw.http("POST", "/api/publish", &auth, r#"{"type":"once","to":"777","from":"bot","content":1}"#).await;
+    assert_eq!(r.json()["status"], "offline");
+    for bad in [
+        r#"{"type":"once","to":"1","content":1}"#,
+        r#"{"type":"once","to":"1","from":"a b","content":1}"#,
+        r#"{"type":"join","group":"g","from":"x"}"#,
+        "nope",
+    ] {
+        let r = gw.http("POST", "/api/publish", &auth, bad).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.json()["error"], "bad_request");
+    }
+}
+
+/// Memory presence that can be switched off, to see `unavailable` end to end.
+struct Flaky {
+    inner: MemoryPresence,
+    down: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn gate<'a, T: Send + 'a>(
+        &'a self,
+        f: BoxFuture<'a, Result<T, BackendError>>,
+    ) -> BoxFuture<'a, Result<T, BackendError>> {
+        if self.down.load(Ordering::Relaxed) {
+            Box::pin(std::future::ready(Err(BackendError::Presence("test outage".into()))))
+        } else {
+            f
+        }
+    }
+}
+
+impl Presence for Flaky {
+    fn allocate_id(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
+        self.gate(self.inner.allocate_id())
+    }
+    fn release_id(&self, id: u64) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.release_id(id)
+    }
+    fn connect<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.gate(self.inner.connect(user))
+    }
+    fn disconnect<'a>(
+        &'a self,
+        user: &'a str,
+        groups: &'a [Box<str>],
+    ) -> BoxFuture<'a, Result<Vec<Box<str>>, BackendError>> {
+        self.inner.disconnect(user, groups)
+    }
+    fn join<'a>(&'a self, user: &'a str, group: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.gate(self.inner.join(user, group))
+    }
+    fn leave<'a>(&'a self, user: &'a str, group: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        self.gate(self.inner.leave(user, group))
+    }
+    fn online_count(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
+        self.gate(self.inner.online_count())
+    }
+    fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        self.gate(self.inner.members(group))
+    }
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>> {
+        self.gate(self.inner.locate(targets))
+    }
+    fn is_healthy(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+    fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.inner.release_node()
+    }
+}
+
+#[tokio::test]
+async fn presence_outage_answers_unavailable_and_readyz_503() {
+    let down = Arc::new(AtomicBool::new(false));
+    let config = Config::for_tests();
+    let presence = Flaky { inner: MemoryPresence::standalone(config.node_id.clone()), down: down.clone() };
+    let gw = Gateway::start_node(config, Backends { presence: Arc::new(presence), broker: None }).await;
+    let mut a = gw.client().await;
+    a.join("g").await;
+    down.store(true, Ordering::Relaxed);
+    assert_eq!(gw.http("GET", "/readyz", &[], "").await.status, 503);
+    assert_eq!(gw.http("GET", "/api/online", &[], "").await.status, 503);
+    for (frame, id) in [
+        (json!({"type":"join","group":"h"}), "j"),
+        (json!({"type":"leave","group":"g"}), "l"),
+        (json!({"type":"online"}), "o"),
+        (json!({"type":"members","group":"g"}), "m"),
+    ] {
+        let r = a.request(frame, id).await;
+        assert_eq!(r["type"], "error", "{r}");
+        assert_eq!(r["code"], "unavailable", "{r}");
+    }
+    // New connections are refused before the upgrade.
+    match tokio_tungstenite::connect_async(gw.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    down.store(false, Ordering::Relaxed);
+    assert_eq!(gw.http("GET", "/readyz", &[], "").await.status, 200);
+    // Still a member of g: the failed leave changed nothing.
+    let r = a.request(json!({"type":"group","to":"g","content":1}), "still").await;
+    assert_eq!(r["status"], "sent");
+}
