@@ -31,6 +31,20 @@ pub const ENV_SHARDS: &str = "CHAT_SHARDS";
 pub const ENV_WORKERS: &str = "CHAT_WORKERS";
 pub const ENV_LOG_FORMAT: &str = "CHAT_LOG_FORMAT";
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
+pub const ENV_JWT_SECRET: &str = "CHAT_JWT_SECRET";
+pub const ENV_ALLOWED_ORIGINS: &str = "CHAT_ALLOWED_ORIGINS";
+pub const ENV_RABBIT_MQ_URL: &str = "RABBIT_MQ_URL";
+pub const ENV_REDIS_ADDR: &str = "REDIS_ADDR";
+pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
+pub const ENV_CLUSTER: &str = "CHAT_CLUSTER";
+pub const ENV_NODE_TTL_MS: &str = "CHAT_NODE_TTL_MS";
+pub const ENV_BROKER_BUFFER_MS: &str = "CHAT_BROKER_BUFFER_MS";
+pub const ENV_BROKER_BUFFER_BYTES: &str = "CHAT_BROKER_BUFFER_BYTES";
+pub const ENV_BATCH_BYTES: &str = "CHAT_PUBLISH_BATCH_BYTES";
+pub const ENV_BATCH_FRAMES: &str = "CHAT_PUBLISH_BATCH_FRAMES";
+pub const ENV_PREFETCH: &str = "CHAT_AMQP_PREFETCH";
+pub const ENV_PERSISTENT: &str = "CHAT_AMQP_PERSISTENT";
 
 /// Every variable the gateway reads, in `--help` order.
 pub const SETTINGS: &[Setting] = &[
@@ -71,10 +85,60 @@ pub const SETTINGS: &[Setting] = &[
         default: "(unset: POST /api/publish disabled)",
         doc: "Bearer token for POST /api/publish.",
     },
+    Setting {
+        name: ENV_JWT_SECRET,
+        default: "(unset: anonymous ids)",
+        doc: "HS256 secret. When set, connections need a token (?token= or Bearer); the user id is its `sub`.",
+    },
+    Setting {
+        name: ENV_ALLOWED_ORIGINS,
+        default: "(unset: any)",
+        doc: "Comma list of allowed Origin values for WebSocket upgrades (* allows all); others get 403.",
+    },
     Setting { name: ENV_SHARDS, default: "4 x cores", doc: "Router shards (rounded up to a power of two)." },
     Setting { name: ENV_WORKERS, default: "cores", doc: "Tokio worker threads." },
     Setting { name: ENV_LOG_FORMAT, default: "pretty", doc: "Log format: pretty or json." },
     Setting { name: ENV_RUST_LOG, default: "info", doc: "Log filter (tracing-subscriber EnvFilter syntax)." },
+    Setting {
+        name: ENV_RABBIT_MQ_URL,
+        default: "(unset: embedded)",
+        doc: "RabbitMQ URL (amqp://user:pass@host:5672/vhost). With Redis set, turns on cluster mode.",
+    },
+    Setting { name: ENV_REDIS_ADDR, default: "(unset: embedded)", doc: "Redis host:port for cluster state." },
+    Setting { name: ENV_REDIS_PASSWORD, default: "(none)", doc: "Password for REDIS_ADDR." },
+    Setting {
+        name: ENV_REDIS_URL,
+        default: "(unset)",
+        doc: "Full Redis URL (redis://...); overrides REDIS_ADDR/PASSWORD.",
+    },
+    Setting {
+        name: ENV_CLUSTER,
+        default: "chatgate",
+        doc: "Cluster name: Redis key hash tag and RabbitMQ name prefix. Nodes of one cluster share it.",
+    },
+    Setting {
+        name: ENV_NODE_TTL_MS,
+        default: "10000",
+        doc: "Node lease. A node silent this long is presumed dead and swept by the others.",
+    },
+    Setting {
+        name: ENV_BROKER_BUFFER_MS,
+        default: "5000",
+        doc: "During a broker outage, how long a message may wait before it is answered unavailable.",
+    },
+    Setting {
+        name: ENV_BROKER_BUFFER_BYTES,
+        default: "67108864",
+        doc: "Bytes of messages held during a broker outage.",
+    },
+    Setting { name: ENV_BATCH_BYTES, default: "131072", doc: "Largest AMQP message (a batch of frames for one node)." },
+    Setting { name: ENV_BATCH_FRAMES, default: "512", doc: "Most frames in one AMQP message." },
+    Setting { name: ENV_PREFETCH, default: "256", doc: "Unacknowledged AMQP messages a node's consumer may hold." },
+    Setting {
+        name: ENV_PERSISTENT,
+        default: "true",
+        doc: "Publish persistent messages (a confirmed batch survives a broker restart).",
+    },
 ];
 
 /// Log output format.
@@ -113,12 +177,43 @@ pub struct Config {
     pub max_groups: usize,
     /// Bearer token for `POST /api/publish`; `None` disables it.
     pub api_key: Option<String>,
+    /// HS256 secret for connection tokens; `None` is anonymous mode.
+    pub jwt_secret: Option<String>,
+    /// Allowed `Origin` values; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
     /// Router shards (power of two).
     pub shards: usize,
     /// Tokio worker threads.
     pub workers: usize,
     /// Log format.
     pub log_format: LogFormat,
+    /// Cluster mode settings; `None` runs on the embedded backends.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Settings that only matter in cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// Redis URL (built from `REDIS_ADDR`/`REDIS_PASSWORD` unless `REDIS_URL` is given).
+    pub redis_url: String,
+    /// Cluster name (key hash tag, exchange/queue prefix).
+    pub name: String,
+    /// Node lease.
+    pub node_ttl: Duration,
+    /// Longest wait for an unreachable broker.
+    pub broker_buffer: Duration,
+    /// Bytes held for an unreachable broker.
+    pub broker_buffer_bytes: usize,
+    /// Largest batch in bytes.
+    pub batch_bytes: usize,
+    /// Most frames per batch.
+    pub batch_frames: usize,
+    /// Consumer prefetch.
+    pub prefetch: u16,
+    /// Persistent AMQP messages.
+    pub persistent: bool,
 }
 
 /// A variable held a value the gateway cannot use. Start-up stops with exit code 64.
@@ -160,7 +255,17 @@ impl Config {
             k => k,
         };
         let shards: usize = env.number(ENV_SHARDS, cores * 4, 1..=4096)?;
+        let cluster = cluster_config(&env)?;
+        let jwt_secret = match env.raw(ENV_JWT_SECRET) {
+            Some(k) if k.is_empty() => return Err(env.bad(ENV_JWT_SECRET, k, "must not be empty (unset it instead)")),
+            k => k,
+        };
+        let allowed_origins = env
+            .raw(ENV_ALLOWED_ORIGINS)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>());
         Ok(Config {
+            jwt_secret,
+            allowed_origins,
             listen,
             node_id,
             max_message_bytes: env.number(ENV_MAX_MESSAGE_BYTES, 65536, 64..=(64 << 20))?,
@@ -177,6 +282,7 @@ impl Config {
             shards: shards.next_power_of_two(),
             workers: env.number(ENV_WORKERS, cores, 1..=1024)?,
             log_format,
+            cluster,
         })
     }
 
@@ -186,6 +292,80 @@ impl Config {
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
     }
+}
+
+fn cluster_config(env: &Env<'_>) -> Result<Option<ClusterConfig>, ConfigError> {
+    let amqp = env.raw(ENV_RABBIT_MQ_URL).filter(|v| !v.is_empty());
+    let redis =
+        match (env.raw(ENV_REDIS_URL).filter(|v| !v.is_empty()), env.raw(ENV_REDIS_ADDR).filter(|v| !v.is_empty())) {
+            (Some(url), _) => {
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                    return Err(env.bad(ENV_REDIS_URL, url, "must start with redis:// or rediss://"));
+                }
+                Some(url)
+            }
+            (None, Some(addr)) => {
+                if addr.contains('/') || !addr.contains(':') {
+                    return Err(env.bad(ENV_REDIS_ADDR, addr, "want host:port"));
+                }
+                Some(match env.raw(ENV_REDIS_PASSWORD).filter(|p| !p.is_empty()) {
+                    Some(pw) => format!("redis://:{}@{addr}/", percent_encode(&pw)),
+                    None => format!("redis://{addr}/"),
+                })
+            }
+            (None, None) => None,
+        };
+    let (amqp_url, redis_url) = match (amqp, redis) {
+        (None, None) => return Ok(None),
+        (Some(a), Some(r)) => (a, r),
+        (Some(a), None) => {
+            return Err(env.bad(
+                ENV_REDIS_ADDR,
+                String::new(),
+                format!("cluster mode needs Redis too ({ENV_RABBIT_MQ_URL}={a:?} is set)"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(env.bad(ENV_RABBIT_MQ_URL, String::new(), "cluster mode needs RabbitMQ too (Redis is set)"));
+        }
+    };
+    if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
+        return Err(env.bad(ENV_RABBIT_MQ_URL, amqp_url, "must start with amqp:// or amqps://"));
+    }
+    let name = env.raw(ENV_CLUSTER).unwrap_or_else(|| "chatgate".into());
+    if !crate::protocol::is_valid_name(&name) || name.len() > 64 {
+        return Err(env.bad(ENV_CLUSTER, name, "must be 1-64 of A-Z a-z 0-9 _ . : @ -"));
+    }
+    let persistent = match env.raw(ENV_PERSISTENT).as_deref() {
+        None | Some("true" | "1" | "yes") => true,
+        Some("false" | "0" | "no") => false,
+        Some(v) => return Err(env.bad(ENV_PERSISTENT, v.into(), "must be true or false")),
+    };
+    Ok(Some(ClusterConfig {
+        amqp_url,
+        redis_url,
+        name,
+        node_ttl: Duration::from_millis(env.number(ENV_NODE_TTL_MS, 10_000, 300..=3_600_000)?),
+        broker_buffer: Duration::from_millis(env.number(ENV_BROKER_BUFFER_MS, 5_000, 0..=3_600_000)?),
+        broker_buffer_bytes: env.number(ENV_BROKER_BUFFER_BYTES, 64 << 20, 0..=1 << 40)?,
+        batch_bytes: env.number(ENV_BATCH_BYTES, 128 << 10, 1024..=64 << 20)?,
+        batch_frames: env.number(ENV_BATCH_FRAMES, 512, 1..=1 << 20)?,
+        prefetch: env.number(ENV_PREFETCH, 256, 1..=u16::MAX)?,
+        persistent,
+    }))
+}
+
+/// Percent-encodes everything but unreserved characters (for a password in a URL).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 struct Env<'a> {
@@ -281,6 +461,39 @@ mod tests {
             assert_eq!(e.var, var);
             assert!(e.to_string().contains(var), "{e}");
         }
+    }
+
+    #[test]
+    fn cluster_mode_needs_both_backends() {
+        assert!(with(&[]).unwrap().cluster.is_none());
+        let c = with(&[
+            (ENV_RABBIT_MQ_URL, "amqp://g:g@h:5672/%2f"),
+            (ENV_REDIS_ADDR, "r:6379"),
+            (ENV_REDIS_PASSWORD, "p@ss w"),
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.redis_url, "redis://:p%40ss%20w@r:6379/");
+        assert_eq!(c.name, "chatgate");
+        assert!(c.persistent);
+        let c =
+            with(&[(ENV_RABBIT_MQ_URL, "amqp://h"), (ENV_REDIS_URL, "redis://x:1/2"), (ENV_REDIS_ADDR, "ignored:1")])
+                .unwrap()
+                .cluster
+                .unwrap();
+        assert_eq!(c.redis_url, "redis://x:1/2");
+        assert_eq!(with(&[(ENV_RABBIT_MQ_URL, "amqp://h")]).unwrap_err().var, ENV_REDIS_ADDR);
+        assert_eq!(with(&[(ENV_REDIS_ADDR, "r:1")]).unwrap_err().var, ENV_RABBIT_MQ_URL);
+        assert_eq!(
+            with(&[(ENV_RABBIT_MQ_URL, "http://h"), (ENV_REDIS_ADDR, "r:1")]).unwrap_err().var,
+            ENV_RABBIT_MQ_URL
+        );
+        assert_eq!(with(&[(ENV_RABBIT_MQ_URL, "amqp://h"), (ENV_REDIS_ADDR, "r")]).unwrap_err().var, ENV_REDIS_ADDR);
+        let both = [(ENV_RABBIT_MQ_URL, "amqp://h"), (ENV_REDIS_ADDR, "r:1")];
+        assert_eq!(with(&[both[0], both[1], (ENV_CLUSTER, "a b")]).unwrap_err().var, ENV_CLUSTER);
+        assert_eq!(with(&[both[0], both[1], (ENV_PERSISTENT, "maybe")]).unwrap_err().var, ENV_PERSISTENT);
+        assert_eq!(with(&[both[0], both[1], (ENV_NODE_TTL_MS, "5")]).unwrap_err().var, ENV_NODE_TTL_MS);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::auth::Refusal;
 use crate::node::{Identity, Node};
 use crate::protocol::{self, MessageId, Request as ClientRequest, encode, is_valid_name};
 use crate::router::Dest;
@@ -102,8 +103,10 @@ async fn publish(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let mid = MessageId { incarnation: node.incarnation, conn: 0, seq: node.next_conn_id() };
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let msg = encode::message(kind, &from, to, content, &mid, ts);
-    let status = node.router.publish(dest, &msg);
-    json(StatusCode::OK, serde_json::json!({ "status": status.as_str(), "mid": mid.to_string() }))
+    match node.router.publish(dest, &msg).await {
+        Ok(status) => json(StatusCode::OK, serde_json::json!({ "status": status.as_str(), "mid": mid.to_string() })),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -140,17 +143,27 @@ async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Body> 
     };
     let accept = derive_accept_key(key.as_bytes());
 
-    // Origin and token checks (CHAT_ALLOWED_ORIGINS, CHAT_JWT_SECRET) belong here, before
-    // any presence work, so a refused client costs no backend round trip.
+    // Origin and token first: a refused client costs no backend round trip.
+    let user = match node.auth.check(req.headers(), req.uri().query()) {
+        Ok(user) => user,
+        Err(Refusal::Unauthorized(m)) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &m),
+        Err(Refusal::Forbidden(m)) => return error(StatusCode::FORBIDDEN, "forbidden", &m),
+    };
     if node.is_draining() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server is shutting down");
+    }
+    if !node.is_ready() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a backend is unreachable");
     }
     let Some(slot) = node.admit() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "connection limit reached");
     };
-    let identity = match node.presence.allocate_id().await {
-        Ok(id) => Identity::Anonymous(id),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    let identity = match user {
+        Some(user) => Identity::User(user),
+        None => match node.presence.allocate_id().await {
+            Ok(id) => Identity::Anonymous(id),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+        },
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);

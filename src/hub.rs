@@ -88,6 +88,11 @@ impl Hub {
         maps.groups.get(group).map_or(0, |conns| push_all(conns, frame, exclude))
     }
 
+    /// The local connections of `user`.
+    pub fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.shard(user).read().users.get(user).cloned().unwrap_or_default()
+    }
+
     /// Number of local connections of `user`.
     pub fn user_connections(&self, user: &str) -> usize {
         self.shard(user).read().users.get(user).map_or(0, Vec::len)

@@ -54,8 +54,15 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    let backends = Backends::embedded(&config.node_id);
-    info!(%addr, node = %config.node_id, mode = "embedded", "listening");
+    let backends = match Backends::from_config(&config) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "cannot set up backends");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mode = if config.cluster.is_some() { "cluster" } else { "embedded" };
+    info!(%addr, node = %config.node_id, mode, "listening");
     let node = Node::new(config, backends);
     chatgate::server::run(listener, node, shutdown_signal()).await;
     ExitCode::SUCCESS

@@ -7,16 +7,25 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use crate::backend::amqp::{AmqpBroker, AmqpConfig};
 use crate::backend::memory::MemoryPresence;
+use crate::backend::redis::{RedisConfig, RedisPresence};
 use crate::backend::{BackendError, Broker, Presence};
+use crate::cluster::{Cluster, Limits};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::router::Router;
 
+/// Jobs each dispatcher shard queues before senders get `unavailable`.
+const DISPATCH_QUEUE: usize = 16_384;
+
 /// The backends a node runs on.
 pub struct Backends {
     pub presence: Arc<dyn Presence>,
+    /// `None`: single node, everything is local.
     pub broker: Option<Arc<dyn Broker>>,
+    /// Random per process: part of every message id and of the node's lease.
+    pub incarnation: u32,
 }
 
 impl std::fmt::Debug for Backends {
@@ -28,7 +37,36 @@ impl std::fmt::Debug for Backends {
 impl Backends {
     /// The embedded, single-node pair.
     pub fn embedded(node_id: &str) -> Self {
-        Backends { presence: Arc::new(MemoryPresence::standalone(node_id)), broker: None }
+        Backends {
+            presence: Arc::new(MemoryPresence::standalone(node_id)),
+            broker: None,
+            incarnation: fastrand::u32(..),
+        }
+    }
+
+    /// Redis and RabbitMQ, from `config.cluster`; embedded if that is `None`. Connections
+    /// are made in the background: a backend that is down at start-up only delays readiness.
+    pub fn from_config(config: &Config) -> Result<Self, BackendError> {
+        let Some(c) = &config.cluster else { return Ok(Self::embedded(&config.node_id)) };
+        let incarnation = fastrand::u32(..);
+        let presence = RedisPresence::new(RedisConfig {
+            url: c.redis_url.clone(),
+            cluster: c.name.clone(),
+            node: config.node_id.clone(),
+            incarnation,
+            lease: c.node_ttl,
+        })?;
+        let broker = AmqpBroker::new(AmqpConfig {
+            url: c.amqp_url.clone(),
+            cluster: c.name.clone(),
+            node: config.node_id.clone(),
+            lease: c.node_ttl,
+            persistent: c.persistent,
+            prefetch: c.prefetch,
+            buffer_bytes: c.broker_buffer_bytes,
+            buffer_for: c.broker_buffer,
+        })?;
+        Ok(Backends { presence: Arc::new(presence), broker: Some(Arc::new(broker)), incarnation })
     }
 }
 
@@ -53,6 +91,7 @@ impl Identity {
 /// A node of the chat cluster (or the whole chat server, embedded).
 pub struct Node {
     pub config: Config,
+    pub auth: crate::auth::Auth,
     pub hub: Arc<Hub>,
     pub router: Router,
     pub presence: Arc<dyn Presence>,
@@ -84,21 +123,43 @@ impl Drop for Admission {
 }
 
 impl Node {
+    /// Builds the node; in cluster mode also starts the dispatchers, the broker consumer
+    /// and presence maintenance. Needs a Tokio runtime.
     pub fn new(config: Config, backends: Backends) -> Arc<Node> {
         let hub = Arc::new(Hub::new(config.shards));
-        Arc::new(Node {
-            router: Router::new(hub.clone()),
+        let cluster = backends.broker.as_ref().map(|broker| {
+            let limits = config.cluster.as_ref().map_or(Limits { batch_bytes: 128 << 10, batch_frames: 512 }, |c| {
+                Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames }
+            });
+            Cluster::start(
+                &config.node_id,
+                hub.clone(),
+                backends.presence.clone(),
+                broker.clone(),
+                config.workers,
+                DISPATCH_QUEUE,
+                limits,
+            )
+        });
+        let period = config.cluster.as_ref().map(|c| c.node_ttl / 3);
+        let node = Arc::new(Node {
+            auth: crate::auth::Auth::new(config.jwt_secret.as_deref(), config.allowed_origins.clone()),
+            router: Router::new(hub.clone(), cluster),
             hub,
             presence: backends.presence,
             broker: backends.broker,
-            incarnation: fastrand::u32(..),
+            incarnation: backends.incarnation,
             next_conn: AtomicU64::new(1),
             connections: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             sessions: TaskTracker::new(),
             config,
-        })
+        });
+        if let (Some(period), true) = (period, node.broker.is_some()) {
+            tokio::spawn(crate::cluster::maintain(node.clone(), period));
+        }
+        node
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -143,8 +204,12 @@ impl Node {
         self.sessions.wait().await
     }
 
-    /// Releases what this node holds in the backends.
+    /// Releases what this node holds in the backends: routes what is still queued, removes
+    /// this node's presence, then closes the broker.
     pub async fn release(&self) -> Result<(), BackendError> {
+        if let Some(cluster) = self.router.cluster() {
+            cluster.flush().await;
+        }
         let res = self.presence.release_node().await;
         if let Some(b) = &self.broker {
             b.close().await;
@@ -154,10 +219,9 @@ impl Node {
 
     /// Gives back an anonymous id whose connection never started.
     pub async fn release_identity(&self, identity: &Identity) {
-        if let Identity::Anonymous(id) = identity {
-            if let Err(e) = self.presence.release_id(*id).await {
-                warn!(id, error = %e, "could not release id");
-            }
+        let Identity::Anonymous(id) = identity else { return };
+        if let Err(e) = self.presence.release_id(*id).await {
+            warn!(id, error = %e, "could not release id");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chatgate::backend::memory::MemoryPresence;
-use chatgate::backend::{BackendError, BoxFuture, Presence, Target};
+use chatgate::backend::{BackendError, BoxFuture, Maintenance, Presence, Target};
 use chatgate::{Backends, Config};
 use common::*;
 use serde_json::json;
@@ -161,6 +161,9 @@ impl Presence for Flaky {
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.inner.release_node()
     }
+    fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>> {
+        self.inner.maintain()
+    }
 }
 
 #[tokio::test]
@@ -168,7 +171,7 @@ async fn presence_outage_answers_unavailable_and_readyz_503() {
     let down = Arc::new(AtomicBool::new(false));
     let config = Config::for_tests();
     let presence = Flaky { inner: MemoryPresence::standalone(config.node_id.clone()), down: down.clone() };
-    let gw = Gateway::start_node(config, Backends { presence: Arc::new(presence), broker: None }).await;
+    let gw = Gateway::start_node(config, Backends { presence: Arc::new(presence), broker: None, incarnation: 1 }).await;
     let mut a = gw.client().await;
     a.join("g").await;
     down.store(true, Ordering::Relaxed);
@@ -184,7 +187,7 @@ async fn presence_outage_answers_unavailable_and_readyz_503() {
         assert_eq!(r["type"], "error", "{r}");
         assert_eq!(r["code"], "unavailable", "{r}");
     }
-    // New connections are refused before the upgrade.
+    // New connections are refused before the upgrade (the node is not ready).
     match tokio_tungstenite::connect_async(gw.url()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
         other => panic!("expected 503, got {:?}", other.map(|_| ())),

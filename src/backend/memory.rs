@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{BackendError, BoxFuture, Presence, Target, sort_users};
+use super::{BackendError, BoxFuture, Maintenance, Presence, Target, sort_users};
 
 /// Cluster state shared by the in-process nodes.
 #[derive(Debug, Default)]
@@ -140,10 +140,8 @@ impl Presence for MemoryPresence {
             }
         }
         bump(&mut st.users, user, &self.node, -1);
-        if !st.users.contains_key(user) {
-            if let Ok(id) = user.parse::<u64>() {
-                st.release(id);
-            }
+        if let (false, Ok(id)) = (st.users.contains_key(user), user.parse::<u64>()) {
+            st.release(id);
         }
         Self::now(left)
     }
@@ -207,6 +205,11 @@ impl Presence for MemoryPresence {
         }
         st.node_members.remove(node);
         Self::now(())
+    }
+
+    /// In-process state has no leases to refresh and no outages to recover from.
+    fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>> {
+        Self::now(Maintenance::default())
     }
 }
 

@@ -8,10 +8,14 @@
 //! single binary a complete chat server, and a cluster one (Redis, RabbitMQ). The session
 //! and router code only ever see the traits.
 
+pub mod amqp;
 pub mod memory;
+pub mod redis;
+mod scripts;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -86,22 +90,52 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Removes everything this node registered (graceful shutdown).
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Periodic upkeep, every third of the node lease: refresh this node's lease, bring the
+    /// store back in line with this node's connections after an outage, and sweep nodes
+    /// whose lease expired.
+    fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>>;
 }
 
-/// Moves batches between nodes. A batch is opaque bytes (see `router::batch`).
+/// What [`Presence::maintain`] did that the node must act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Maintenance {
+    /// `(group, user)` pairs that left a group cluster-wide (a dead node was swept, or
+    /// connections that ended during an outage were removed): presence `leave` events due.
+    pub left: Vec<(Box<str>, Box<str>)>,
+    /// Anonymous ids of this node's connections that the cluster gave to someone else
+    /// while this node was presumed dead: those connections must be closed.
+    pub conflicts: Vec<Box<str>>,
+    /// Nodes found dead and swept this round.
+    pub swept: Vec<String>,
+}
+
+/// Where a node's consumer hands each batch it receives, in order.
+pub type Inbox = Arc<dyn Fn(Bytes) + Send + Sync>;
+
+/// Moves batches between nodes. A batch is opaque bytes (see `cluster::batch`).
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes one batch to `node`. Resolves once the broker has taken responsibility for
-    /// it (publisher confirm): only then may the messages in it be acked `sent`.
-    fn publish<'a>(&'a self, node: &'a str, batch: Bytes) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Queues one batch for `node` before returning (so batches leave in call order) and
+    /// returns a future that resolves once the broker has taken responsibility for it
+    /// (publisher confirm): only then may the messages in it be acked `sent`. `Ok(false)`:
+    /// the broker has no queue for that node (it is gone), nothing was delivered there.
+    fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<bool, BackendError>>;
+
+    /// Starts consuming this node's batches into `inbox`.
+    fn start(&self, inbox: Inbox);
+
+    /// Deletes what the broker holds for a dead node (its queue).
+    fn remove_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, ()>;
 
     /// `false` while the broker is unreachable.
     fn is_healthy(&self) -> bool;
 
-    /// Stops consuming and closes connections (graceful shutdown).
+    /// Waits for pending confirms (briefly), deletes this node's queue, closes connections.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Ordering used for `members` lists: numeric ids in numeric order, then the rest.
+/// Ordering used for `members` lists: shorter names first, then lexically, so numeric ids
+/// come out in numeric order.
 pub fn sort_users(users: &mut [String]) {
     users.sort_unstable_by(|a, b| (a.len(), a.as_str()).cmp(&(b.len(), b.as_str())));
 }

@@ -3,6 +3,8 @@
 //! HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

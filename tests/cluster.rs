@@ -1,0 +1,225 @@
+//! Cluster mode: three `chatgate` processes against the real Redis and RabbitMQ behave as one
+//! chat server. Each test has its own cluster name, so tests run side by side.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use common::cluster::{TEST_TTL_MS, TestCluster, services};
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn once_group_presence_online_and_members_across_nodes() {
+    let Some(svc) = services() else { return };
+    let c = TestCluster::start(&svc, 3, &[]).await;
+    let mut a = c.client(0).await;
+    let mut b = c.client(1).await;
+    let mut d = c.client(2).await;
+    assert_eq!(a.welcome["node"], "n0");
+    assert_eq!(b.welcome["node"], "n1");
+
+    // Direct message from n0 to n1.
+    let ack = a.request(json!({"type":"once","to":b.user,"content":{"x":1}}), "m1").await;
+    assert_eq!(ack["status"], "sent", "{ack}");
+    let m = b.recv_type("once").await;
+    assert_eq!(
+        (m["from"].as_str(), m["content"].clone(), m["mid"].clone()),
+        (Some(a.user.as_str()), json!({"x":1}), ack["mid"].clone())
+    );
+    // Offline is cluster-wide too.
+    assert_eq!(a.request(json!({"type":"once","to":"99999","content":1}), "m2").await["status"], "offline");
+
+    // A group spanning all three nodes, with presence events everywhere.
+    a.join("room").await;
+    b.join("room").await;
+    assert_eq!(a.recv_type("presence").await["user"], a.user);
+    assert_eq!(a.recv_type("presence").await["user"], b.user, "n0 sees n1's join");
+    d.join("room").await;
+    for x in [&mut a, &mut b] {
+        loop {
+            let ev = x.recv_type("presence").await;
+            if ev["user"] == d.user {
+                assert_eq!(ev["event"], "join");
+                break;
+            }
+        }
+    }
+    let ack = b.request(json!({"type":"group","to":"room","content":"hello"}), "g1").await;
+    assert_eq!(ack["status"], "sent");
+    for x in [&mut a, &mut d] {
+        let m = x.recv_type("group").await;
+        assert_eq!(
+            (m["from"].as_str(), m["to"].as_str(), m["content"].as_str()),
+            (Some(b.user.as_str()), Some("room"), Some("hello"))
+        );
+    }
+    // No echo to the sender: its next frame is the pong.
+    let mut before = Vec::new();
+    b.send(json!({"type":"ping","id":"p"})).await;
+    loop {
+        let v = b.recv().await;
+        if v["id"] == "p" {
+            break;
+        }
+        before.push(v);
+    }
+    assert!(before.iter().all(|v| v["type"] != "group"), "{before:?}");
+
+    // Cluster-wide online and members, asked on any node.
+    assert_eq!(d.request(json!({"type":"online"}), "o").await["count"], 3);
+    let mut users = vec![a.user.clone(), b.user.clone(), d.user.clone()];
+    users.sort_by_key(|u| (u.len(), u.clone()));
+    assert_eq!(d.request(json!({"type":"members","group":"room"}), "mm").await["users"], json!(users));
+    assert_eq!(c.online(1).await, 3);
+
+    // Leaving on n2 is seen on n0.
+    let d_user = d.user.clone();
+    d.close().await;
+    loop {
+        let ev = a.recv_type("presence").await;
+        if ev["user"] == d_user {
+            assert_eq!(ev["event"], "leave");
+            break;
+        }
+    }
+    assert_eq!(c.online(0).await, 2);
+}
+
+#[tokio::test]
+async fn ids_are_smallest_free_across_the_cluster() {
+    let Some(svc) = services() else { return };
+    let c = TestCluster::start(&svc, 3, &[]).await;
+    let a = c.client(0).await;
+    let b = c.client(1).await;
+    let d = c.client(2).await;
+    let mut ids = [a.user.clone(), b.user.clone(), d.user.clone()];
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"]);
+    let freed = b.user.clone();
+    b.close().await;
+    eventually("disconnect recorded", || async { c.online(0).await == 2 }).await;
+    // The freed id is handed out again, by another node.
+    let e = c.client(2).await;
+    assert_eq!(e.user, freed);
+    let f = c.client(0).await;
+    assert_eq!(f.user, "4");
+    drop((a, d, e, f));
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_gets_direct_messages_on_both() {
+    let Some(svc) = services() else { return };
+    let secret = "cluster-secret";
+    let c = TestCluster::start(&svc, 3, &[("CHAT_JWT_SECRET", secret)]).await;
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": sub, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut alice0 = Client::connect(&format!("{}?token={}", c.url(0), token("alice"))).await;
+    let mut alice1 = Client::connect(&format!("{}?token={}", c.url(1), token("alice"))).await;
+    let mut bob = Client::connect(&format!("{}?token={}", c.url(2), token("bob"))).await;
+    assert_eq!(bob.request(json!({"type":"online"}), "o").await["count"], 2);
+    let ack = bob.request(json!({"type":"once","to":"alice","content":"both?"}), "m").await;
+    assert_eq!(ack["status"], "sent");
+    for x in [&mut alice0, &mut alice1] {
+        assert_eq!(x.recv_type("once").await["content"], "both?");
+    }
+    // Group message from alice on n0 reaches alice's other connection on n1.
+    alice0.join("g").await;
+    alice1.join("g").await;
+    alice0.request(json!({"type":"group","to":"g","content":"me too"}), "g").await;
+    assert_eq!(alice1.recv_type("group").await["content"], "me too");
+    // Alice stays online (and a member) while one connection remains.
+    alice1.close().await;
+    let ack = bob.request(json!({"type":"once","to":"alice","content":"still"}), "m2").await;
+    assert_eq!(ack["status"], "sent");
+    assert_eq!(alice0.recv_type("once").await["content"], "still");
+    assert_eq!(bob.request(json!({"type":"members","group":"g"}), "mm").await["users"], json!(["alice"]));
+}
+
+#[tokio::test]
+async fn killed_node_is_swept_within_two_leases() {
+    let Some(svc) = services() else { return };
+    let mut c = TestCluster::start(&svc, 3, &[]).await;
+    let mut watcher = c.client(0).await;
+    watcher.join("room").await;
+    let mut victim = c.client(1).await;
+    victim.join("room").await;
+    let victim_user = victim.user.clone();
+    loop {
+        if watcher.recv_type("presence").await["user"] == victim_user {
+            break;
+        }
+    }
+    let _other = c.client(2).await;
+    assert_eq!(c.online(0).await, 3);
+    assert!(c.queue_exists("n1").await);
+
+    let killed_at = Instant::now();
+    c.kill(1);
+    let ev = watcher.recv_type("presence").await;
+    let swept_after = killed_at.elapsed();
+    assert_eq!(ev, json!({"type":"presence","group":"room","user":victim_user,"event":"leave"}));
+    assert!(swept_after < Duration::from_millis(2 * TEST_TTL_MS + 500), "swept after {swept_after:?}");
+    assert_eq!(c.online(0).await, 2);
+    assert_eq!(c.members(2, "room").await, vec![watcher.user.clone()]);
+    eventually("dead node's queue deleted", || async { !c.queue_exists("n1").await }).await;
+    // Its id is free again.
+    let again = c.client(2).await;
+    assert_eq!(again.user, victim_user);
+    // The survivors' state is untouched.
+    let mut r = c.redis().await;
+    let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(c.key("nodes")).query_async(&mut r).await.unwrap();
+    let mut nodes = nodes;
+    nodes.sort();
+    assert_eq!(nodes, ["n0", "n2"]);
+    let n1_users: usize = redis::cmd("HLEN").arg(c.key("nu:n1")).query_async(&mut r).await.unwrap();
+    assert_eq!(n1_users, 0);
+    assert_eq!(watcher.request(json!({"type":"ping"}), "alive").await["type"], "pong");
+}
+
+#[tokio::test]
+async fn graceful_node_shutdown_cleans_up() {
+    let Some(svc) = services() else { return };
+    let mut c = TestCluster::start(&svc, 2, &[]).await;
+    let mut stay = c.client(0).await;
+    stay.join("room").await;
+    let mut leaving = c.client(1).await;
+    leaving.join("room").await;
+    let leaving_user = leaving.user.clone();
+    loop {
+        if stay.recv_type("presence").await["user"] == leaving_user {
+            break;
+        }
+    }
+    // Something queued for the leaving node's client before the signal is still delivered.
+    stay.request(json!({"type":"once","to":leaving_user,"content":"last words"}), "lw").await;
+    let started = Instant::now();
+    c.sigterm(1);
+    let (close, texts) = leaving.until_close().await;
+    assert_eq!(u16::from(close.unwrap().code), 1001);
+    assert!(texts.iter().any(|t| t.contains("last words")), "{texts:?}");
+    drop(leaving);
+    let status = c.wait_exit(1).await;
+    assert_eq!(status.code(), Some(0));
+    // The leave reached the other node before the node went away: no sweep needed.
+    let ev = stay.recv_type("presence").await;
+    assert_eq!(ev, json!({"type":"presence","group":"room","user":leaving_user,"event":"leave"}));
+    assert!(started.elapsed() < Duration::from_millis(TEST_TTL_MS), "not a sweep: {:?}", started.elapsed());
+    assert_eq!(c.online(0).await, 1);
+    assert!(!c.queue_exists("n1").await, "queue deleted");
+    let mut r = c.redis().await;
+    for key in ["nu:n1", "nm:n1", "lease:n1"] {
+        let exists: bool = redis::cmd("EXISTS").arg(c.key(key)).query_async(&mut r).await.unwrap();
+        assert!(!exists, "{key} removed");
+    }
+    let is_member: bool = redis::cmd("SISMEMBER").arg(c.key("nodes")).arg("n1").query_async(&mut r).await.unwrap();
+    assert!(!is_member);
+}
