@@ -2,9 +2,9 @@
 //!
 //! Topology, all names prefixed with the cluster name `C`:
 //! * exchange `C.nodes`, direct, durable;
-//! * queue `C.node.<node>` per node, durable, `x-expires` = 2 × the node lease (a dead
-//!   node's queue goes away even with no node left to sweep it), bound with routing key
-//!   `<node>`.
+//! * queue `C.node.<node>` per node, durable, bound with routing key `<node>`. The node
+//!   that sweeps a dead one deletes its queue; `x-expires` (2 × the lease, at least a minute)
+//!   removes it when no node is left to do so.
 //!
 //! Publishing and consuming use separate connections, each with its own reconnect loop
 //! (declaring the topology again every time). Publishes are `mandatory` (a batch for a node
@@ -414,7 +414,9 @@ async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Res
     declare_exchange(&ch, cfg).await?;
     let queue = cfg.queue(&cfg.node);
     let mut args = FieldTable::default();
-    let expires = (2 * cfg.lease.as_millis()).min(u32::MAX as u128) as u32;
+    // A dead node's queue is deleted by whoever sweeps it; expiry is the fallback for when
+    // no node is left to sweep. It must outlast this node's own reconnects (broker restarts).
+    let expires = (2 * cfg.lease.as_millis()).clamp(60_000, u32::MAX as u128) as u32;
     args.insert("x-expires".into(), AMQPValue::LongUInt(expires));
     let opts = QueueDeclareOptions { durable: true, ..Default::default() };
     ch.queue_declare(queue.as_str().into(), opts, args).await?;

@@ -103,6 +103,9 @@ pub struct Maintenance {
     /// `(group, user)` pairs that left a group cluster-wide (a dead node was swept, or
     /// connections that ended during an outage were removed): presence `leave` events due.
     pub left: Vec<(Box<str>, Box<str>)>,
+    /// `leave` events due once every live node has re-registered after the store lost its
+    /// data (one lease from now): sent now, they would miss the nodes not yet back.
+    pub left_later: Vec<(Box<str>, Box<str>)>,
     /// Anonymous ids of this node's connections that the cluster gave to someone else
     /// while this node was presumed dead: those connections must be closed.
     pub conflicts: Vec<Box<str>>,

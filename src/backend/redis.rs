@@ -246,6 +246,9 @@ struct Ledger {
     reserved: HashSet<u64>,
     /// Users whose id came from the allocator.
     anon: HashSet<String>,
+    /// Memberships that ended while the store could not record it: if the store lost them
+    /// (restart), reconciliation alone cannot see they ended, so their `leave` is due then.
+    pending_leaves: HashSet<(String, String)>,
 }
 
 impl Ledger {
@@ -409,6 +412,9 @@ impl Writer {
                 // truth, and reconciliation removes it from the store if this failed.
                 for g in &groups {
                     self.ledger.member(g, &user, -1);
+                    if failed {
+                        self.ledger.pending_leaves.insert((g.to_string(), user.clone()));
+                    }
                 }
                 self.ledger.user(&user, -1);
                 let r = value(res).and_then(parse::<Vec<String>>).map(|v| v.into_iter().map(Into::into).collect());
@@ -457,7 +463,8 @@ impl Writer {
             m.left.extend(left);
         }
         let mut hb = sh.eval(&scripts::HEARTBEAT);
-        hb.arg(&self.incarnation).arg(self.lease_ms);
+        let held = sh.ready.load(Ordering::Relaxed);
+        hb.arg(&self.incarnation).arg(self.lease_ms).arg(if held { "1" } else { "0" });
         let ours: i64 = one(&sh.conn, hb).await.map_err(err)?;
         self.heartbeats += 1;
         if !sh.ready.swap(true, Ordering::Relaxed) {
@@ -467,15 +474,16 @@ impl Writer {
             self.dirty = true;
         }
         if self.dirty {
-            self.reconcile(&mut m).await?;
+            self.reconcile(&mut m, ours == 0).await?;
             self.dirty = false;
         }
         self.sweep_dead(&mut m).await?;
         Ok(m)
     }
 
-    /// Brings this node's part of the store in line with the ledger.
-    async fn reconcile(&mut self, m: &mut Maintenance) -> Result<(), BackendError> {
+    /// Brings this node's part of the store in line with the ledger. `lost`: the lease was
+    /// gone, so other nodes may not have re-registered their group members yet.
+    async fn reconcile(&mut self, m: &mut Maintenance, lost: bool) -> Result<(), BackendError> {
         let sh = self.shared.clone();
         let mut read = redis::pipe();
         read.cmd("HGETALL").arg(sh.keys.key("nu", &sh.node));
@@ -542,6 +550,7 @@ impl Writer {
             }
         }
         let changes = cmds.len();
+        let mut emitted = HashSet::new();
         for (cmds, fixes) in cmds.chunks(MAX_PIPELINE).zip(fixes.chunks(MAX_PIPELINE)) {
             let results = exec(&sh.conn, cmds).await.map_err(|e| sh.down(&e))?;
             for (fix, v) in fixes.iter().zip(results) {
@@ -555,9 +564,29 @@ impl Writer {
                     Fix::Member(group, user) => {
                         if matches!(parse::<(i64, i64)>(v), Ok((before, after)) if before > 0 && after <= 0) {
                             m.left.push((group.as_str().into(), user.as_str().into()));
+                            emitted.insert((group.clone(), user.clone()));
                         }
                     }
                     _ => {}
+                }
+            }
+        }
+        // Departures the store never saw: due a `leave` unless the user is still a member
+        // somewhere (another connection, another node).
+        let pending: Vec<(String, String)> = std::mem::take(&mut self.ledger.pending_leaves)
+            .into_iter()
+            .filter(|key| !emitted.contains(key) && !self.ledger.members.contains_key(key))
+            .collect();
+        if !pending.is_empty() {
+            let mut pipe = redis::pipe();
+            for (group, user) in &pending {
+                pipe.cmd("HEXISTS").arg(sh.keys.key("g", group)).arg(user);
+            }
+            let still: Vec<bool> = pipe.query_async(&mut conn).await.map_err(|e| sh.down(&e))?;
+            let due = if lost { &mut m.left_later } else { &mut m.left };
+            for ((group, user), still) in pending.into_iter().zip(still) {
+                if !still {
+                    due.push((group.into(), user.into()));
                 }
             }
         }

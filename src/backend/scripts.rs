@@ -19,6 +19,7 @@
 //! | `P lease:<node>` | string | the node's incarnation; expires after `CHAT_NODE_TTL_MS` |
 //! | `P nodes` | set | nodes that may hold presence (the sweeper's list) |
 //! | `P sweep:<node>` | string | lock taken by the node sweeping a dead one |
+//! | `P recovering` | string | set for one lease after a node found its lease gone (Redis lost its data): no new anonymous ids until every live node has re-registered its users |
 //!
 //! Names cannot contain spaces, so `"<group> <user>"` splits unambiguously.
 
@@ -80,6 +81,9 @@ macro_rules! script {
 script!(
     ALLOCATE,
     r#"
+if redis.call('EXISTS', P .. 'recovering') == 1 then
+  return redis.error_reply('RECOVERING presence is being rebuilt after a store restart')
+end
 local ids = P .. 'ids'
 local lo, hi = 0, redis.call('ZCARD', ids)
 while lo < hi do
@@ -158,7 +162,10 @@ return {before, after}
 "#
 );
 
-// ARGV[3] = incarnation, ARGV[4] = lease ms. Returns 1 if the lease was ours and alive.
+// ARGV[3] = incarnation, ARGV[4] = lease ms, ARGV[5] = '1' if this node held a lease
+// before. Returns 1 if the lease was ours and alive. A lease found missing by a node that
+// held one means the store lost its data (or this node was presumed dead): allocation pauses
+// for one lease, time for every live node's next heartbeat to re-register its users.
 script!(
     HEARTBEAT,
     r#"
@@ -167,6 +174,7 @@ local cur = redis.call('GET', lk)
 redis.call('SET', lk, ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', P .. 'nodes', node)
 if cur == ARGV[3] then return 1 end
+if ARGV[5] == '1' then redis.call('SET', P .. 'recovering', node, 'NX', 'PX', ARGV[4]) end
 return 0
 "#
 );

@@ -324,6 +324,15 @@ pub async fn maintain(node: Arc<crate::Node>, period: Duration) {
                 for (group, user) in &m.left {
                     node.router.presence(group, user, false);
                 }
+                if !m.left_later.is_empty() {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(period * 3).await;
+                        for (group, user) in &m.left_later {
+                            node.router.presence(group, user, false);
+                        }
+                    });
+                }
                 for user in &m.conflicts {
                     warn!(%user, "anonymous id was reassigned while this node was presumed dead; closing its connection");
                     for conn in node.hub.user_conns(user) {
