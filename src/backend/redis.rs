@@ -52,26 +52,91 @@ enum Op {
     ReleaseNode(Reply<()>),
 }
 
-/// Key names (see `scripts` for the layout).
-#[derive(Debug, Clone)]
-struct Keys {
-    prefix: String,
-    online: String,
+/// One presence write: a script call in the writer's pipeline.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// Reserve the smallest free anonymous id on this node.
+    Allocate,
+    /// Give back a reservation that never connected.
+    ReleaseId(&'a str),
+    /// `delta` connections of `user` on this node (`anon`: the id is allocator-owned).
+    AdjustUser { user: &'a str, delta: i64, anon: bool },
+    /// One connection of `user` ended while a member of `groups`.
+    Disconnect { user: &'a str, groups: &'a [Box<str>] },
+    /// `delta` member connections of `user` in `group` on this node.
+    AdjustMember { group: &'a str, user: &'a str, delta: i64 },
 }
 
-impl Keys {
-    fn new(cluster: &str) -> Self {
+/// Builds this node's Redis commands: key names (see `scripts` for the layout) and script
+/// calls. Pure, so the pipeline construction is unit-tested and benched.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    prefix: String,
+    online: String,
+    node: String,
+}
+
+impl Commands {
+    pub fn new(cluster: &str, node: &str) -> Self {
         let prefix = format!("chatgate:{{{cluster}}}:");
-        Keys { online: format!("{prefix}online"), prefix }
+        Commands { online: format!("{prefix}online"), prefix, node: node.to_owned() }
     }
+
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}:{name}", self.prefix)
+    }
+
+    /// `EVALSHA` of `script` with the common key and arguments.
+    fn eval(&self, script: &scripts::Lua) -> Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&script.sha).arg(1).arg(&self.online).arg(&self.prefix).arg(&self.node);
+        c
+    }
+
+    /// The command for one write.
+    pub fn write(&self, w: Write<'_>) -> Cmd {
+        match w {
+            Write::Allocate => self.eval(&scripts::ALLOCATE),
+            Write::ReleaseId(id) => {
+                let mut c = self.eval(&scripts::RELEASE_ID);
+                c.arg(id);
+                c
+            }
+            Write::AdjustUser { user, delta, anon } => {
+                let mut c = self.eval(&scripts::ADJUST_USER);
+                c.arg(user).arg(delta).arg(if anon { "1" } else { "0" });
+                c
+            }
+            Write::Disconnect { user, groups } => {
+                let mut c = self.eval(&scripts::DISCONNECT);
+                c.arg(user);
+                for g in groups {
+                    c.arg(&**g);
+                }
+                c
+            }
+            Write::AdjustMember { group, user, delta } => {
+                let mut c = self.eval(&scripts::ADJUST_MEMBER);
+                c.arg(group).arg(user).arg(delta);
+                c
+            }
+        }
+    }
+
+    /// One pipeline for a batch of writes; per-command errors come back as values.
+    pub fn pipeline<'a>(&self, writes: impl IntoIterator<Item = Write<'a>>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for w in writes {
+            pipe.add_command(self.write(w));
+        }
+        pipe
     }
 }
 
 struct Shared {
     conn: ConnectionManager,
-    keys: Keys,
+    keys: Commands,
     node: String,
     /// The first maintenance (which clears a previous incarnation's leftovers) has run.
     ready: AtomicBool,
@@ -80,11 +145,8 @@ struct Shared {
 }
 
 impl Shared {
-    /// `EVALSHA` of `script` with the common keys/arguments, then `args`.
     fn eval(&self, script: &scripts::Lua) -> Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&script.sha).arg(1).arg(&self.keys.online).arg(&self.keys.prefix).arg(&self.node);
-        c
+        self.keys.eval(script)
     }
 
     fn down(&self, e: &RedisError) -> BackendError {
@@ -119,7 +181,7 @@ impl RedisPresence {
             .map_err(|e| BackendError::Presence(e.to_string()))?;
         let shared = Arc::new(Shared {
             conn,
-            keys: Keys::new(&cfg.cluster),
+            keys: Commands::new(&cfg.cluster, &cfg.node),
             node: cfg.node.clone(),
             ready: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
@@ -321,38 +383,21 @@ impl Writer {
             return;
         }
         let sh = self.shared.clone();
-        let cmds: Vec<Cmd> = batch
-            .iter()
-            .map(|op| match op {
-                Op::Allocate(_) => sh.eval(&scripts::ALLOCATE),
-                Op::ReleaseId(id, _) => {
-                    let mut c = sh.eval(&scripts::RELEASE_ID);
-                    c.arg(*id);
-                    c
-                }
-                Op::Connect(user, _) => {
-                    let anon = user.parse().is_ok_and(|id| self.ledger.reserved.contains(&id));
-                    let mut c = sh.eval(&scripts::ADJUST_USER);
-                    c.arg(user).arg(1).arg(if anon { "1" } else { "0" });
-                    c
-                }
-                Op::Disconnect(user, groups, _) => {
-                    let mut c = sh.eval(&scripts::DISCONNECT);
-                    c.arg(user);
-                    for g in groups {
-                        c.arg(&**g);
-                    }
-                    c
-                }
-                Op::Join(user, group, _) | Op::Leave(user, group, _) => {
-                    let d = if matches!(op, Op::Join(..)) { 1 } else { -1 };
-                    let mut c = sh.eval(&scripts::ADJUST_MEMBER);
-                    c.arg(group).arg(user).arg(d);
-                    c
-                }
-                Op::Maintain(_) | Op::ReleaseNode(_) => unreachable!("handled by run"),
-            })
-            .collect();
+        let ids: Vec<String> =
+            batch.iter().map(|op| if let Op::ReleaseId(id, _) = op { id.to_string() } else { String::new() }).collect();
+        let writes = batch.iter().zip(&ids).map(|(op, id)| match op {
+            Op::Allocate(_) => Write::Allocate,
+            Op::ReleaseId(..) => Write::ReleaseId(id),
+            Op::Connect(user, _) => {
+                let anon = user.parse().is_ok_and(|id| self.ledger.reserved.contains(&id));
+                Write::AdjustUser { user, delta: 1, anon }
+            }
+            Op::Disconnect(user, groups, _) => Write::Disconnect { user, groups },
+            Op::Join(user, group, _) => Write::AdjustMember { group, user, delta: 1 },
+            Op::Leave(user, group, _) => Write::AdjustMember { group, user, delta: -1 },
+            Op::Maintain(_) | Op::ReleaseNode(_) => unreachable!("handled by run"),
+        });
+        let cmds: Vec<Cmd> = writes.map(|w| sh.keys.write(w)).collect();
         let results = match exec(&sh.conn, &cmds).await {
             Ok(v) => {
                 sh.healthy.store(true, Ordering::Relaxed);
@@ -504,9 +549,7 @@ impl Writer {
             let d = want - nu.get(user).copied().unwrap_or(0);
             let anon = l.anon.contains(user);
             if d != 0 || anon {
-                let mut c = sh.eval(&scripts::ADJUST_USER);
-                c.arg(user).arg(d).arg(if anon { "1" } else { "0" });
-                cmds.push(c);
+                cmds.push(sh.keys.write(Write::AdjustUser { user, delta: d, anon }));
                 fixes.push(Fix::User(user.clone()));
             }
         }
@@ -518,12 +561,11 @@ impl Writer {
             if have == 0 && reserved {
                 continue;
             }
-            let mut c = if have == 0 { sh.eval(&scripts::RELEASE_ID) } else { sh.eval(&scripts::ADJUST_USER) };
-            c.arg(user);
-            if have != 0 {
-                c.arg(-have).arg("0");
-            }
-            cmds.push(c);
+            cmds.push(sh.keys.write(if have == 0 {
+                Write::ReleaseId(user)
+            } else {
+                Write::AdjustUser { user, delta: -have, anon: false }
+            }));
             fixes.push(Fix::Other);
         }
         let mut seen = HashSet::new();
@@ -532,9 +574,7 @@ impl Writer {
             let d = want - nm.get(&key).copied().unwrap_or(0);
             seen.insert(key);
             if d != 0 {
-                let mut c = sh.eval(&scripts::ADJUST_MEMBER);
-                c.arg(group).arg(user).arg(d);
-                cmds.push(c);
+                cmds.push(sh.keys.write(Write::AdjustMember { group, user, delta: d }));
                 fixes.push(Fix::Member(group.clone(), user.clone()));
             }
         }
@@ -543,9 +583,7 @@ impl Writer {
                 continue;
             }
             if let Some((group, user)) = key.split_once(' ') {
-                let mut c = sh.eval(&scripts::ADJUST_MEMBER);
-                c.arg(group).arg(user).arg(-have);
-                cmds.push(c);
+                cmds.push(sh.keys.write(Write::AdjustMember { group, user, delta: -have }));
                 fixes.push(Fix::Member(group.to_owned(), user.to_owned()));
             }
         }
@@ -723,4 +761,52 @@ async fn exec(conn: &ConnectionManager, cmds: &[Cmd]) -> Result<Vec<Value>, Redi
         }
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_are_evalsha_with_slot_key_prefix_and_node() {
+        let c = Commands::new("prod", "n1");
+        let got = args(&c.write(Write::AdjustMember { group: "room", user: "17", delta: -1 }));
+        assert_eq!(
+            got,
+            [
+                "EVALSHA",
+                &scripts::ADJUST_MEMBER.sha,
+                "1",
+                "chatgate:{prod}:online",
+                "chatgate:{prod}:",
+                "n1",
+                "room",
+                "17",
+                "-1"
+            ]
+        );
+        let groups: Vec<Box<str>> = vec!["a".into(), "b".into()];
+        let got = args(&c.write(Write::Disconnect { user: "5", groups: &groups }));
+        assert_eq!(&got[6..], ["5", "a", "b"]);
+        assert_eq!(&args(&c.write(Write::AdjustUser { user: "5", delta: 1, anon: true }))[6..], ["5", "1", "1"]);
+        assert_eq!(args(&c.write(Write::Allocate)).len(), 6);
+        assert_eq!(c.pipeline([Write::Allocate, Write::ReleaseId("3")]).cmd_iter().count(), 2);
+    }
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let c = Commands::new("x.y", "n");
+        for k in [c.key("u", "1"), c.key("gn", "g"), c.online.clone()] {
+            assert!(k.starts_with("chatgate:{x.y}:"), "{k}");
+        }
+    }
 }
