@@ -1,0 +1,84 @@
+//! `chatgate-load`: a load generator for the chatgate WebSocket protocol (see `--help`).
+//!
+//! Modules:
+//! - [`cli`]: arguments and usage text;
+//! - [`scenario`]: which connection goes where, joins what and sends to whom;
+//! - [`conn`]: one connection's task (connect, join, send on schedule, count);
+//! - [`proto`]: outgoing frames and cheap recognition of incoming ones;
+//! - [`flow`]: `--rate max` flow control;
+//! - [`stats`]: counters, histograms, merging and the final report;
+//! - [`timer`]: the clock and a sub-millisecond send timer;
+//! - [`run`]: one process (current-thread runtime, coordinator, progress);
+//! - [`procs`]: `--procs N`, the parent of N child processes.
+
+// The report is one large `json!` literal.
+#![recursion_limit = "256"]
+
+mod cli;
+mod conn;
+mod flow;
+mod procs;
+mod proto;
+mod run;
+mod scenario;
+mod stats;
+mod timer;
+
+use std::process::ExitCode;
+
+use cli::{Command, Scenario};
+use run::Mode;
+
+/// Bad arguments or set-up failure.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args = match cli::parse(raw.clone()) {
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(a)) => *a,
+        Err(e) => {
+            eprintln!("chatgate-load: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some((i, _)) = args.child {
+        return match run::run(args, Mode::Child) {
+            Ok(r) => {
+                run::emit(&serde_json::json!({"kind": "result", "result": r}));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chatgate-load (child {i}): {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
+    if args.scenario != Scenario::Connect && args.size < proto::Encoder::min_content() {
+        eprintln!(
+            "chatgate-load: note: --size {} is below the {}-byte timestamp; contents will be about {} bytes",
+            args.size,
+            proto::Encoder::min_content(),
+            proto::Encoder::min_content()
+        );
+    }
+    let results =
+        if args.procs > 1 { procs::run(&args, &raw) } else { run::run(args.clone(), Mode::Single).map(|r| vec![r]) };
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chatgate-load: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let merged = stats::merge(&results);
+    let summary = stats::summarize(&args, &merged);
+    eprint!("{}", stats::table(&summary));
+    if args.json {
+        println!("{}", summary.json);
+    }
+    if summary.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
