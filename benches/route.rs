@@ -20,7 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 const ONCE: &str = r#"{"type":"once","to":"4711","id":"c-000123","content":{"text":"hello there, how are you doing today?","ts":1764230400123}}"#;
 
 fn conn(id: u64, user: &str) -> Arc<Conn> {
-    Arc::new(Conn { id, user: user.into(), outbox: Outbox::new(1 << 20, 1 << 30) })
+    Arc::new(Conn::new(id, user.into(), Outbox::new(1 << 20, 1 << 30)))
 }
 
 /// Times `work` in runs of `chunk`, calling `drain` (untimed) between runs.

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::outbox::Outbox;
 
-type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+type Map<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 /// One WebSocket connection as the router sees it.
 #[derive(Debug)]
@@ -23,6 +24,25 @@ pub struct Conn {
     pub id: u64,
     pub user: Arc<str>,
     pub outbox: Outbox,
+    /// When the client last sent anything (ms on the node's clock); the heartbeat sweep
+    /// closes connections silent for two intervals.
+    last_seen: AtomicU64,
+}
+
+impl Conn {
+    pub fn new(id: u64, user: Arc<str>, outbox: Outbox) -> Conn {
+        Conn { id, user, outbox, last_seen: AtomicU64::new(0) }
+    }
+
+    /// Records activity at `now_ms`.
+    #[inline]
+    pub fn seen(&self, now_ms: u64) {
+        self.last_seen.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +78,8 @@ impl Hub {
     }
 
     pub fn add_user(&self, conn: &Arc<Conn>) {
-        self.shard(&conn.user).write().users.entry(conn.user.as_ref().into()).or_default().push(conn.clone());
+        // The key shares the connection's user id allocation.
+        self.shard(&conn.user).write().users.entry(conn.user.clone()).or_default().push(conn.clone());
     }
 
     pub fn remove_user(&self, conn: &Conn) {
@@ -103,6 +124,17 @@ impl Hub {
         self.shard(group).read().groups.get(group).map_or(0, Vec::len)
     }
 
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `f` with every connection in shard `i` (under its read lock: `f` must not block).
+    pub fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(&Arc<Conn>)) {
+        if let Some(shard) = self.shards.get(i) {
+            shard.maps.read().users.values().flatten().for_each(&mut f);
+        }
+    }
+
     /// Every local connection (for shutdown and resync).
     pub fn connections(&self) -> Vec<Arc<Conn>> {
         let mut all = Vec::new();
@@ -143,7 +175,7 @@ mod tests {
     use std::collections::VecDeque;
 
     fn conn(id: u64, user: &str) -> Arc<Conn> {
-        Arc::new(Conn { id, user: user.into(), outbox: Outbox::new(16, 1 << 20) })
+        Arc::new(Conn::new(id, user.into(), Outbox::new(16, 1 << 20)))
     }
 
     fn drained(c: &Conn) -> usize {

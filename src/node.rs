@@ -99,6 +99,8 @@ pub struct Node {
     /// Random per process: part of every message id, so ids stay unique across restarts.
     pub incarnation: u32,
     next_conn: AtomicU64,
+    /// Origin of the node's millisecond clock (connection activity).
+    started: std::time::Instant,
     connections: Arc<AtomicUsize>,
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
@@ -150,6 +152,7 @@ impl Node {
             broker: backends.broker,
             incarnation: backends.incarnation,
             next_conn: AtomicU64::new(1),
+            started: std::time::Instant::now(),
             connections: Arc::new(AtomicUsize::new(0)),
             draining: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
@@ -159,7 +162,14 @@ impl Node {
         if let (Some(period), true) = (period, node.broker.is_some()) {
             tokio::spawn(crate::cluster::maintain(node.clone(), period));
         }
+        tokio::spawn(heartbeat(node.clone()));
         node
+    }
+
+    /// Milliseconds since the node started (connection activity clock).
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -179,7 +189,7 @@ impl Node {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Serving, and every backend reachable.
@@ -192,11 +202,16 @@ impl Node {
         self.shutdown.subscribe()
     }
 
-    /// Stops admitting connections and tells every session to close with 1001.
+    /// Stops admitting connections and queues close 1001 behind what every connection is
+    /// owed. A session registering concurrently sees `is_draining` right after it joins the
+    /// hub (the hub's locks order the two), and closes itself.
     pub fn begin_shutdown(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
         self.sessions.close();
+        for conn in self.hub.connections() {
+            conn.outbox.close_with(shutdown_close());
+        }
     }
 
     /// Waits for every session to finish (after [`begin_shutdown`](Self::begin_shutdown)).
@@ -223,5 +238,39 @@ impl Node {
         if let Err(e) = self.presence.release_id(*id).await {
             warn!(id, error = %e, "could not release id");
         }
+    }
+}
+
+/// The close frame every client gets at shutdown.
+pub fn shutdown_close() -> bytes::Bytes {
+    crate::protocol::ws::close_frame(crate::protocol::ws::close::GOING_AWAY, "server shutting down")
+}
+
+/// One task per node instead of a timer per connection: it visits one hub shard every
+/// `heartbeat / shards`, so each connection is seen once per interval. A connection silent
+/// for two intervals is closed (4000); the others get a WebSocket ping.
+async fn heartbeat(node: Arc<Node>) {
+    let hb = node.config.heartbeat;
+    let shards = node.hub.shard_count().max(1);
+    let mut tick = tokio::time::interval((hb / shards as u32).max(std::time::Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = node.shutdown_signal();
+    let silent = 2 * hb.as_millis() as u64;
+    let mut shard = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|&s| s) => return,
+        }
+        let now = node.now_ms();
+        node.hub.for_each_in_shard(shard, |conn| {
+            if now.saturating_sub(conn.last_seen()) >= silent {
+                use crate::protocol::ws;
+                conn.outbox.close_with(ws::close_frame(ws::close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
+            } else {
+                let _ = conn.outbox.push(crate::protocol::ws::ping_frame());
+            }
+        });
+        shard = (shard + 1) % shards;
     }
 }

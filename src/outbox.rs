@@ -48,7 +48,7 @@ pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer: the queue went from empty to non-empty, or the phase changed.
     writer: Notify,
-    /// Wakes the session: the phase left `Open` for a reason the session did not cause.
+    /// Wakes the session: the phase left `Open`.
     session: Notify,
     max_frames: usize,
     max_bytes: usize,
@@ -105,6 +105,7 @@ impl Outbox {
         st.phase = Phase::Closing;
         drop(st);
         self.writer.notify_one();
+        self.session.notify_one();
         true
     }
 
@@ -149,12 +150,13 @@ impl Outbox {
         self.writer.notified().await
     }
 
-    /// Session side: resolves when the outbox left `Open` because of an overflow or a dead
-    /// socket.
-    pub async fn failed(&self) {
+    /// Session side: resolves with the phase once the outbox has left `Open`: a close was
+    /// queued (by the node: shutdown, heartbeat), the client fell behind, or the socket died.
+    pub async fn ended(&self) -> Phase {
         loop {
-            if matches!(self.phase(), Phase::SlowConsumer | Phase::Dead) {
-                return;
+            let phase = self.phase();
+            if phase != Phase::Open {
+                return phase;
             }
             self.session.notified().await;
         }
@@ -242,10 +244,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn session_learns_of_overflow() {
+    async fn session_learns_the_outbox_ended() {
         let o = Outbox::new(1, 1000);
         o.push(b("a")).unwrap();
         let _ = o.push(b("b"));
-        o.failed().await;
+        assert_eq!(o.ended().await, Phase::SlowConsumer);
+        let o = Outbox::new(1, 1000);
+        o.close_with(b("bye"));
+        assert_eq!(o.ended().await, Phase::Closing);
     }
 }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -26,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::hub::Conn;
 use crate::node::{Admission, Identity, Node};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Phase};
 use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::router::{AckTo, Dest};
@@ -42,11 +43,33 @@ const READ_BUFFER: usize = 4096;
 struct Duplex {
     rd: OwnedReadHalf,
     conn: Arc<Conn>,
+    /// The last read returned less than it asked for: the socket was empty then.
+    drained: bool,
 }
 
 impl AsyncRead for Duplex {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.rd).poll_read(cx, buf)
+        if std::mem::take(&mut self.drained) {
+            // tungstenite reads again after every frame; after a short read that read would
+            // only return EAGAIN. Clear the readiness the short read left behind instead and
+            // wait for the next edge: one system call saved per message. (Data that arrived
+            // since has queued a new edge, so nothing is missed.)
+            let tcp: &TcpStream = self.rd.as_ref();
+            let _ = tcp.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        let want = buf.remaining();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.rd).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        if matches!(res, Poll::Ready(Ok(()))) && got > 0 && got < want {
+            self.drained = true;
+        }
+        res
     }
 }
 
@@ -89,12 +112,18 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         }
     };
     let (rd, mut wr) = parts.io.into_inner().into_split();
+    // Bytes the client sent right behind its request. Copied out at once: `read_buf` is a
+    // view of hyper's whole read buffer (8 KiB or more), which it would keep alive for the
+    // life of the connection.
+    let leftover = parts.read_buf.to_vec();
+    drop(parts.read_buf);
     let cfg = &node.config;
-    let conn = Arc::new(Conn {
-        id: node.next_conn_id(),
-        user: identity.user().into(),
-        outbox: Outbox::new(cfg.outbox_frames, cfg.outbox_bytes),
-    });
+    let conn = Arc::new(Conn::new(
+        node.next_conn_id(),
+        identity.user().into(),
+        Outbox::new(cfg.outbox_frames, cfg.outbox_bytes),
+    ));
+    conn.seen(node.now_ms());
 
     // The welcome is queued first and the writer starts only once presence knows this
     // connection: anything routed to the user from then on is queued behind the welcome.
@@ -117,6 +146,10 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         .await;
         return;
     }
+    if node.is_draining() {
+        // Shutdown began while this connection was being set up.
+        conn.outbox.close_with(crate::node::shutdown_close());
+    }
     let writer = tokio::spawn(crate::writer::run(conn.clone(), wr));
 
     let ws_config = WebSocketConfig::default()
@@ -125,39 +158,36 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         .max_write_buffer_size(64 << 10)
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes));
-    let duplex = Duplex { rd, conn: conn.clone() };
-    let stream =
-        WebSocketStream::from_partially_read(duplex, parts.read_buf.to_vec(), Role::Server, Some(ws_config)).await;
+    let duplex = Duplex { rd, conn: conn.clone(), drained: false };
+    let stream = WebSocketStream::from_partially_read(duplex, leftover, Role::Server, Some(ws_config)).await;
 
-    let mut session = Session {
+    let session = Session {
         limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst, cfg.rate_limit_close),
         node: node.clone(),
-        conn: conn.clone(),
+        conn,
         groups: HashSet::default(),
         seq: 0,
+        stream,
     };
-    let (mut stream, end) = session.read_loop(stream).await;
-    debug!(user = %conn.user, conn = conn.id, ?end, "connection ending");
-    if end == End::Client {
-        conn.outbox.close_with(Bytes::new());
-    }
-    session.leave_everything().await;
-
-    // Let the writer flush (it ends after the close frame, or at once if the socket died),
-    // then read until the client's FIN so the close is orderly.
-    let linger = async {
-        let _ = writer.await;
-        if end != End::Output {
-            let mut sink = [0u8; 1024];
-            while matches!(stream.get_mut().rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_LINGER + crate::writer::SLOW_CLOSE_TIMEOUT, linger).await;
+    // The connection's long life runs in a task of its own: this one, with all the set-up
+    // state above, ends now instead of sitting in every idle connection's memory.
+    node.sessions.spawn(serve(session, writer, _slot));
 }
 
-/// Resolves once shutdown has begun (at once if it already has).
-async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|&stop| stop).await;
+/// The established connection: read until it ends, then clean up and close in order.
+/// Every byte of this future is held by every idle connection, so the end of life is boxed
+/// and only allocated when it comes.
+async fn serve(mut session: Session, writer: tokio::task::JoinHandle<()>, _slot: Admission) {
+    let end = session.read_loop().await;
+    Box::pin(session.finish(end, writer)).await;
+}
+
+/// A request that needs a presence round trip, with what its reply needs (owned).
+enum Call {
+    Join(Box<str>, Option<Box<str>>),
+    Leave(Box<str>, Option<Box<str>>),
+    Online(Option<Box<str>>),
+    Members(Box<str>, Option<Box<str>>),
 }
 
 struct Session {
@@ -168,39 +198,45 @@ struct Session {
     limiter: RateLimiter,
     /// Per-connection message sequence, part of each `mid`.
     seq: u64,
+    stream: WebSocketStream<Duplex>,
 }
 
 impl Session {
-    async fn read_loop(&mut self, mut stream: WebSocketStream<Duplex>) -> (WebSocketStream<Duplex>, End) {
+    async fn read_loop(&mut self) -> End {
         let node = self.node.clone();
-        let hb = node.config.heartbeat;
-        let mut shutdown = node.shutdown_signal();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_seen = Instant::now();
-        let end = loop {
+        let conn = self.conn.clone();
+        // Created once and polled in place: re-creating it per frame would register and
+        // deregister a waiter on every message. Shutdown and heartbeat timeouts arrive this
+        // way too (a close queued on the outbox), so an idle connection has no timer.
+        let ended = conn.outbox.ended();
+        tokio::pin!(ended);
+        loop {
             tokio::select! {
                 biased;
-                msg = stream.next() => {
+                msg = self.stream.next() => {
                     let msg = match msg {
                         Some(Ok(msg)) => msg,
                         None => break End::Client,
                         Some(Err(e)) => break self.on_read_error(e),
                     };
-                    last_seen = Instant::now();
+                    let now = Instant::now();
+                    conn.seen(node.now_ms());
                     match msg {
-                        Message::Text(text) => {
-                            if let Some(end) = self.on_text(text, last_seen).await {
-                                break end;
+                        Message::Text(text) => match self.on_text(&text, now) {
+                            Ok(None) => {}
+                            Ok(Some(call)) => {
+                                drop(text);
+                                self.call(call).await;
                             }
-                        }
-                        Message::Binary(_) => match self.rate_check(None, last_seen) {
+                            Err(end) => break end,
+                        },
+                        Message::Binary(_) => match self.rate_check(None, now) {
                             Ok(()) => self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
                             Err(Some(end)) => break end,
                             Err(None) => {}
                         },
                         Message::Ping(_) => {
-                            if let Err(Some(end)) = self.rate_check(None, last_seen) {
+                            if let Err(Some(end)) = self.rate_check(None, now) {
                                 break end;
                             }
                         }
@@ -209,19 +245,13 @@ impl Session {
                         Message::Close(_) => break End::Client,
                     }
                 }
-                () = self.conn.outbox.failed() => break End::Output,
-                _ = heartbeat.tick() => {
-                    if last_seen.elapsed() >= 2 * hb {
-                        break self.close(ws::close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
-                    }
-                    let _ = self.conn.outbox.push(ws::ping_frame());
-                }
-                () = stopped(&mut shutdown) => {
-                    break self.close(ws::close::GOING_AWAY, "server shutting down");
-                }
+                phase = &mut ended => break match phase {
+                    // A close frame is queued behind what the client is owed.
+                    Phase::Closing => End::Server,
+                    _ => End::Output,
+                },
             }
-        };
-        (stream, end)
+        }
     }
 
     fn on_read_error(&self, e: WsError) -> End {
@@ -271,23 +301,29 @@ impl Session {
         }
     }
 
-    async fn on_text(&mut self, text: Utf8Bytes, now: Instant) -> Option<End> {
+    /// Handles one text frame. Requests that need the presence store come back as a
+    /// [`Call`] of owned values, awaited by the read loop: the frame (borrowing `text`) is
+    /// then not part of the state an idle connection's task keeps.
+    fn on_text(&mut self, text: &Utf8Bytes, now: Instant) -> Result<Option<Call>, End> {
         let parsed = protocol::parse(text.as_str());
         let id = match &parsed {
             Ok(frame) => frame.id,
             Err(e) => e.id,
         };
-        if let Err(end) = self.rate_check(id, now) {
-            return end;
+        match self.rate_check(id, now) {
+            Ok(()) => {}
+            Err(Some(end)) => return Err(end),
+            Err(None) => return Ok(None),
         }
         let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => {
                 self.error(e.id, ErrorCode::BadRequest, &e.message);
-                return None;
+                return Ok(None);
             }
         };
         let id = frame.id;
+        let owned_id = || id.map(Box::<str>::from);
         match frame.request {
             Request::Once { to, content } => {
                 let (mid, ts) = self.stamp();
@@ -297,25 +333,35 @@ impl Session {
             Request::Group { to, content } => {
                 if !self.groups.contains(&*to) {
                     self.error(id, ErrorCode::NotMember, "join the group before sending to it");
-                    return None;
+                    return Ok(None);
                 }
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Group, &self.conn.user, &to, content, &mid, ts);
                 self.node.router.send(Dest::Group(&to), &msg, AckTo { conn: &self.conn, id, mid });
             }
-            Request::Join { group } => self.join(group.into(), id).await,
-            Request::Leave { group } => self.leave(&group, id).await,
-            Request::Online => match self.node.presence.online_count().await {
-                Ok(n) => self.reply(encode::online(n, id)),
-                Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
-            },
-            Request::Members { group } => match self.node.presence.members(&group).await {
-                Ok(users) => self.reply(encode::members(&group, &users, id)),
-                Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
-            },
+            Request::Join { group } => return Ok(Some(Call::Join(group.into(), owned_id()))),
+            Request::Leave { group } => return Ok(Some(Call::Leave(group.into(), owned_id()))),
+            Request::Online => return Ok(Some(Call::Online(owned_id()))),
+            Request::Members { group } => return Ok(Some(Call::Members(group.into(), owned_id()))),
             Request::Ping => self.reply(encode::pong(id)),
         }
-        None
+        Ok(None)
+    }
+
+    /// A request that waits for the presence store.
+    async fn call(&mut self, call: Call) {
+        match call {
+            Call::Join(group, id) => self.join(group, id.as_deref()).await,
+            Call::Leave(group, id) => self.leave(&group, id.as_deref()).await,
+            Call::Online(id) => match self.node.presence.online_count().await {
+                Ok(n) => self.reply(encode::online(n, id.as_deref())),
+                Err(e) => self.error(id.as_deref(), ErrorCode::Unavailable, &e.to_string()),
+            },
+            Call::Members(group, id) => match self.node.presence.members(&group).await {
+                Ok(users) => self.reply(encode::members(&group, &users, id.as_deref())),
+                Err(e) => self.error(id.as_deref(), ErrorCode::Unavailable, &e.to_string()),
+            },
+        }
     }
 
     fn stamp(&mut self) -> (MessageId, u64) {
@@ -364,6 +410,26 @@ impl Session {
             }
             Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
         }
+    }
+
+    /// After the read loop: deregister, let the writer flush (it ends after the close frame,
+    /// or at once if the socket died), then read until the client's FIN so the close is
+    /// orderly.
+    async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+        debug!(user = %self.conn.user, conn = self.conn.id, ?end, "connection ending");
+        if end == End::Client {
+            self.conn.outbox.close_with(Bytes::new());
+        }
+        self.leave_everything().await;
+        let stream = &mut self.stream;
+        let linger = async {
+            let _ = writer.await;
+            if end != End::Output {
+                let mut sink = vec![0u8; 1024];
+                while matches!(stream.get_mut().rd.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER + crate::writer::SLOW_CLOSE_TIMEOUT, linger).await;
     }
 
     /// Removes the connection from the hub and presence, and tells groups it left.

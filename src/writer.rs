@@ -33,6 +33,11 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) {
         if batch.is_empty() {
             match conn.outbox.take(&mut batch) {
                 Phase::Open if batch.is_empty() => {
+                    // Idle: give the queue's allocation back rather than hold it for what
+                    // may be a long silence (one allocation per wake-up when traffic is light).
+                    if batch.capacity() > 0 {
+                        batch = VecDeque::new();
+                    }
                     conn.outbox.writer_wakeup().await;
                     continue;
                 }
@@ -81,23 +86,35 @@ async fn slow_consumer(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) {
     let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, flush).await;
 }
 
-/// One vectored write of the front of `batch`; consumes what was written.
+/// One write of the front of `batch` (vectored when more than one frame is queued);
+/// consumes what was written.
 async fn write_some(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     let n = std::future::poll_fn(|cx| {
-        let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-        let mut k = 0;
-        for frame in batch.iter().take(IOV_BATCH) {
-            iov[k] = IoSlice::new(frame);
-            k += 1;
-        }
-        match std::pin::Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..k]) {
-            Poll::Ready(Ok(0)) if k > 0 => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+        let wr = std::pin::Pin::new(&mut *wr);
+        let res = match batch.len() {
+            0 => return Poll::Ready(Ok(0)),
+            // The common case at low rates: skip building an iovec array.
+            1 => wr.poll_write(cx, &batch[0]),
+            n @ 2..=8 => wr.poll_write_vectored(cx, &iovecs::<8>(batch)[..n]),
+            n => wr.poll_write_vectored(cx, &iovecs::<IOV_BATCH>(batch)[..n.min(IOV_BATCH)]),
+        };
+        match res {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
             other => other,
         }
     })
     .await?;
     advance(batch, n);
     Ok(())
+}
+
+/// Up to `N` frames from the front of `batch`, as an iovec array (unused slots empty).
+fn iovecs<const N: usize>(batch: &VecDeque<Bytes>) -> [IoSlice<'_>; N] {
+    let mut iov = [IoSlice::new(&[]); N];
+    for (slot, frame) in iov.iter_mut().zip(batch.iter()) {
+        *slot = IoSlice::new(frame);
+    }
+    iov
 }
 
 /// Drops `n` written bytes from the front of `batch`.

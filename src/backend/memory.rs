@@ -17,6 +17,10 @@ pub struct MemoryCluster {
     state: Mutex<State>,
 }
 
+/// Connections per node. Almost always one or two nodes: a short vector, with node ids
+/// shared (`Arc<str>`), keeps an online user to a few dozen bytes.
+type PerNode = Vec<(Arc<str>, u32)>;
+
 #[derive(Debug, Default)]
 struct State {
     /// Smallest-free-id allocator: every id below `next` not in `free` is in use.
@@ -24,24 +28,14 @@ struct State {
     free: BTreeSet<u64>,
     /// Ids handed out by the allocator (only these are freed on last disconnect).
     allocated: BTreeSet<u64>,
-    /// user → node → connections.
-    users: HashMap<String, HashMap<String, u32>>,
+    /// user → connections per node.
+    users: HashMap<Box<str>, PerNode>,
     /// group → user → connections.
-    groups: HashMap<String, HashMap<String, u32>>,
-    /// group → node → member connections.
-    group_nodes: HashMap<String, HashMap<String, u32>>,
+    groups: HashMap<Box<str>, HashMap<Box<str>, u32>>,
+    /// group → member connections per node.
+    group_nodes: HashMap<Box<str>, PerNode>,
     /// node → "group\0user" → member connections (what a departing node takes with it).
-    node_members: HashMap<String, HashMap<String, u32>>,
-}
-
-impl State {
-    /// Applies one connection of `user` on `node` joining (`+1`) or leaving (`-1`) `group`;
-    /// returns the user's remaining connection count in the group.
-    fn member(&mut self, node: &str, user: &str, group: &str, delta: i64) -> u32 {
-        bump(&mut self.group_nodes, group, node, delta);
-        bump(&mut self.node_members, node, &format!("{group}\0{user}"), delta);
-        bump(&mut self.groups, group, user, delta)
-    }
+    node_members: HashMap<Arc<str>, HashMap<Box<str>, u32>>,
 }
 
 impl State {
@@ -73,18 +67,59 @@ impl State {
             self.free.insert(id);
         }
     }
+
+    /// Applies one connection of `user` on `node` joining (`+1`) or leaving (`-1`) `group`;
+    /// returns the user's remaining connection count in the group.
+    fn member(&mut self, node: &Arc<str>, user: &str, group: &str, delta: i64) -> u32 {
+        bump_node(&mut self.group_nodes, group, node, delta);
+        let members = self.node_members.entry(node.clone()).or_default();
+        bump(members, &format!("{group}\0{user}"), delta);
+        if members.is_empty() {
+            self.node_members.remove(node);
+        }
+        let users = self.groups.entry(group.into()).or_default();
+        let n = bump(users, user, delta);
+        if users.is_empty() {
+            self.groups.remove(group);
+        }
+        n
+    }
+
+    /// Frees `user`'s anonymous id once no node has a connection of it.
+    fn settle(&mut self, user: &str) {
+        if let (false, Ok(id)) = (self.users.contains_key(user), user.parse::<u64>()) {
+            self.release(id);
+        }
+    }
 }
 
-/// Adds `delta` to a nested count, removing entries that reach zero. Returns the new count.
-fn bump(map: &mut HashMap<String, HashMap<String, u32>>, outer: &str, inner: &str, delta: i64) -> u32 {
-    let entry = map.entry(outer.to_owned()).or_default();
-    let count = entry.entry(inner.to_owned()).or_default();
-    let new = (*count as i64 + delta).max(0) as u32;
+/// Adds `delta` to a count, removing it at zero. Returns the new count.
+fn bump(map: &mut HashMap<Box<str>, u32>, key: &str, delta: i64) -> u32 {
+    let count = map.entry(key.into()).or_default();
+    let new = (i64::from(*count) + delta).max(0) as u32;
     *count = new;
     if new == 0 {
-        entry.remove(inner);
-        if entry.is_empty() {
-            map.remove(outer);
+        map.remove(key);
+    }
+    new
+}
+
+/// Adds `delta` to `key`'s count on `node`, removing empty entries. Returns the new count.
+fn bump_node(map: &mut HashMap<Box<str>, PerNode>, key: &str, node: &Arc<str>, delta: i64) -> u32 {
+    let nodes = map.entry(key.into()).or_default();
+    let i = match nodes.iter().position(|(n, _)| n == node) {
+        Some(i) => i,
+        None => {
+            nodes.push((node.clone(), 0));
+            nodes.len() - 1
+        }
+    };
+    let new = (i64::from(nodes[i].1) + delta).max(0) as u32;
+    nodes[i].1 = new;
+    if new == 0 {
+        nodes.swap_remove(i);
+        if nodes.is_empty() {
+            map.remove(key);
         }
     }
     new
@@ -94,16 +129,16 @@ fn bump(map: &mut HashMap<String, HashMap<String, u32>>, outer: &str, inner: &st
 #[derive(Debug, Clone)]
 pub struct MemoryPresence {
     cluster: Arc<MemoryCluster>,
-    node: String,
+    node: Arc<str>,
 }
 
 impl MemoryPresence {
-    pub fn new(cluster: Arc<MemoryCluster>, node: impl Into<String>) -> Self {
+    pub fn new(cluster: Arc<MemoryCluster>, node: impl Into<Arc<str>>) -> Self {
         MemoryPresence { cluster, node: node.into() }
     }
 
     /// A presence store of its own: a single-node cluster.
-    pub fn standalone(node: impl Into<String>) -> Self {
+    pub fn standalone(node: impl Into<Arc<str>>) -> Self {
         Self::new(Arc::default(), node)
     }
 
@@ -123,7 +158,7 @@ impl Presence for MemoryPresence {
     }
 
     fn connect<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
-        bump(&mut self.cluster.state.lock().users, user, &self.node, 1);
+        bump_node(&mut self.cluster.state.lock().users, user, &self.node, 1);
         Self::now(())
     }
 
@@ -139,10 +174,8 @@ impl Presence for MemoryPresence {
                 left.push(g.clone());
             }
         }
-        bump(&mut st.users, user, &self.node, -1);
-        if let (false, Ok(id)) = (st.users.contains_key(user), user.parse::<u64>()) {
-            st.release(id);
-        }
+        bump_node(&mut st.users, user, &self.node, -1);
+        st.settle(user);
         Self::now(left)
     }
 
@@ -159,15 +192,21 @@ impl Presence for MemoryPresence {
     }
 
     fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
-        let mut users: Vec<String> =
-            self.cluster.state.lock().groups.get(group).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let mut users: Vec<String> = self
+            .cluster
+            .state
+            .lock()
+            .groups
+            .get(group)
+            .map(|m| m.keys().map(|u| u.to_string()).collect())
+            .unwrap_or_default();
         sort_users(&mut users);
         Self::now(users)
     }
 
     fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>> {
         let st = self.cluster.state.lock();
-        let nodes = |m: Option<&HashMap<String, u32>>| m.map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let nodes = |m: Option<&PerNode>| m.map(|m| m.iter().map(|(n, _)| n.to_string()).collect()).unwrap_or_default();
         let found = targets
             .iter()
             .map(|t| match t {
@@ -184,19 +223,17 @@ impl Presence for MemoryPresence {
 
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.cluster.state.lock();
-        let node = self.node.as_str();
+        let node = &self.node;
         let mut gone = Vec::new();
         for (user, nodes) in st.users.iter_mut() {
-            nodes.remove(node);
+            nodes.retain(|(n, _)| n != node);
             if nodes.is_empty() {
                 gone.push(user.clone());
             }
         }
         for user in gone {
             st.users.remove(&user);
-            if let Ok(id) = user.parse::<u64>() {
-                st.release(id);
-            }
+            st.settle(&user);
         }
         for (key, count) in st.node_members.remove(node).unwrap_or_default() {
             if let Some((group, user)) = key.split_once('\0') {

@@ -61,6 +61,10 @@ OPTIONS:
     --token-secret S          connect with ?token=<HS256 JWT, sub load-<connection index>>
     --max-conn-errors N       tolerated connection errors: failed connects or joins and
                               connections closed before the end [default: 0]
+    --watch-pid LIST          server processes (gateways, RabbitMQ, Redis) on this machine:
+                              report their CPU seconds over the measured window (sending +
+                              draining; connect: connecting), per delivered message, and
+                              their memory before connecting, loaded and at peak (/proc)
     --json                    print the final report as one JSON object on stdout
     --quiet                   no per-second progress line on stderr
     -h, --help                this text
@@ -74,7 +78,9 @@ OUTPUT:
     unacked, errors (+ unavailable, rate_limited, not_member, bad_request, other_errors),
     expected, delivered (+ delivered_group, delivered_direct), lost, excess, out_of_order,
     unstamped, delivered_per_s, latency_of, latency_us, send_lag_us, requests, replies,
-    tool_cpu_pct, close_codes, conn_errors, ok. Latency objects have p50, p90, p99, p999,
+    tool_cpu_pct, close_codes, conn_errors, ok, and with --watch-pid a `server` object:
+    pids, cpu_s, cpu_us_per_delivery, cpu_us_per_message, cpu_s_per_1000_delivered,
+    rss_before_kb, rss_loaded_kb, peak_rss_kb, rss_per_conn_bytes. Latency objects have p50, p90, p99, p999,
     max, mean, count in microseconds.
 
     Latency is end to end: the due time (epoch microseconds) travels in the content,
@@ -151,6 +157,8 @@ pub struct Args {
     pub read_buffer: usize,
     pub token_secret: Option<String>,
     pub max_conn_errors: u64,
+    /// `--watch-pid`: server processes whose CPU and memory are reported.
+    pub watch_pids: Vec<u32>,
     pub json: bool,
     pub quiet: bool,
     /// Hidden: `--child I/N`, this process is child I of N started by `--procs`.
@@ -188,6 +196,7 @@ struct Given {
     connect_timeout: Option<Duration>,
     read_buffer: Option<usize>,
     token_secret: Option<String>,
+    watch_pids: Vec<u32>,
     max_conn_errors: Option<u64>,
     json: bool,
     quiet: bool,
@@ -271,6 +280,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     return Err(bad("must not be empty"));
                 }
                 g.token_secret = Some(value.clone());
+            }
+            "--watch-pid" => {
+                for pid in v.split(',').filter(|p| !p.is_empty()) {
+                    g.watch_pids.push(pid.trim().parse().map_err(|_| bad("want process ids"))?);
+                }
             }
             "--max-conn-errors" => g.max_conn_errors = Some(v.parse().map_err(|_| bad("want a non-negative integer"))?),
             "--child" => g.child = Some(parse_child(v).map_err(|e| bad(&e))?),
@@ -369,6 +383,7 @@ fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
         read_buffer,
         token_secret: g.token_secret,
         max_conn_errors: g.max_conn_errors.unwrap_or(0),
+        watch_pids: g.watch_pids,
         json: g.json,
         quiet: g.quiet,
         child: g.child,

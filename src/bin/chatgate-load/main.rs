@@ -9,7 +9,8 @@
 //! - [`stats`]: counters, histograms, merging and the final report;
 //! - [`timer`]: the clock and a sub-millisecond send timer;
 //! - [`run`]: one process (current-thread runtime, coordinator, progress);
-//! - [`procs`]: `--procs N`, the parent of N child processes.
+//! - [`procs`]: `--procs N`, the parent of N child processes;
+//! - [`server`]: `--watch-pid`, the server processes' CPU and memory from `/proc`.
 
 // The report is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -21,6 +22,7 @@ mod procs;
 mod proto;
 mod run;
 mod scenario;
+mod server;
 mod stats;
 mod timer;
 

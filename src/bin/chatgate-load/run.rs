@@ -88,6 +88,8 @@ pub struct Ctx {
     pub flow: FlowControl,
     /// CPU use of this process while sending (connect: while connecting), % of one core.
     pub cpu_pct: Cell<Option<f64>>,
+    /// `--watch-pid` readings, once the measured window is over.
+    pub server: RefCell<Option<crate::server::ServerUsage>>,
 }
 
 impl Ctx {
@@ -255,6 +257,7 @@ async fn drive(args: Args, mode: Mode) -> Result<ProcResult, String> {
         done_notify: Notify::new(),
         burst,
         cpu_pct: Cell::new(None),
+        server: RefCell::new(None),
         flow: if matches!(args.rate, crate::cli::Rate::Max) {
             let local: Vec<usize> = plan.conns.iter().map(|c| c.index).collect();
             FlowControl::new(args.conns, plan.groups, &local, args.window.saturating_mul(2))
@@ -280,6 +283,7 @@ async fn drive(args: Args, mode: Mode) -> Result<ProcResult, String> {
     let st = ctx.stats.borrow();
     let mut r = st.result(n);
     r.cpu_pct = ctx.cpu_pct.get();
+    r.server = ctx.server.borrow_mut().take();
     Ok(r)
 }
 
@@ -314,19 +318,24 @@ async fn sleep_until(clock: &Clock, t: u64) {
 async fn coordinate(ctx: &Rc<Ctx>, mode: Mode, go: &mut Option<mpsc::UnboundedReceiver<String>>) -> Result<(), String> {
     let clock = *ctx.timer.clock();
     let args = &ctx.args;
+    let mut watch = crate::server::Watch::new(&args.watch_pids);
     if args.scenario == Scenario::Connect {
         let start = barrier(ctx, mode, go).await?;
         sleep_until(&clock, start).await;
         let cpu0 = cpu_seconds();
+        watch.start();
         spawn_connections(ctx);
         wait_settled(ctx).await;
         ctx.cpu_pct.set(cpu_pct(cpu0, clock.now_ns() - start));
+        watch.loaded();
+        *ctx.server.borrow_mut() = watch.finish();
         // Nobody sends in this scenario; the phase only shows in the progress line.
         ctx.set_phase(Phase::Running);
         sleep_until(&clock, clock.now_ns() + args.hold.as_nanos() as u64).await;
     } else {
         spawn_connections(ctx);
         wait_settled(ctx).await;
+        watch.loaded();
         if mode == Mode::Single && ctx.stats.borrow().c.connected == 0 && !ctx.plan.conns.is_empty() {
             // Nothing to measure; the report shows why.
             ctx.set_phase(Phase::Closing);
@@ -348,6 +357,7 @@ async fn coordinate(ctx: &Rc<Ctx>, mode: Mode, go: &mut Option<mpsc::UnboundedRe
         ctx.set_phase(Phase::Running);
         sleep_until(&clock, start).await;
         let cpu0 = cpu_seconds();
+        watch.start();
         sleep_until(&clock, end).await;
         ctx.cpu_pct.set(cpu_pct(cpu0, end - start));
         ctx.set_phase(Phase::Draining);
@@ -359,6 +369,7 @@ async fn coordinate(ctx: &Rc<Ctx>, mode: Mode, go: &mut Option<mpsc::UnboundedRe
             let step = (drain_end - clock.now_ns().min(drain_end)).min(20_000_000);
             tokio::time::sleep(Duration::from_nanos(step)).await;
         }
+        *ctx.server.borrow_mut() = watch.finish();
     }
     ctx.set_phase(Phase::Closing);
     let closing = async {

@@ -207,6 +207,7 @@ impl Stats {
             conn_errors: self.conn_errors.clone(),
             close_codes: self.close_codes.clone(),
             cpu_pct: None,
+            server: None,
         }
     }
 }
@@ -228,6 +229,8 @@ pub struct ProcResult {
     pub close_codes: BTreeMap<String, u64>,
     /// CPU use of the process while sending (connect: connecting), % of one core.
     pub cpu_pct: Option<f64>,
+    /// `--watch-pid`: the server processes over the same window.
+    pub server: Option<crate::server::ServerUsage>,
 }
 
 fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
@@ -264,6 +267,10 @@ pub fn merge(results: &[ProcResult]) -> Merged {
         m.r.marks.merge(&r.marks);
         add_map(&mut m.r.conn_errors, &r.conn_errors);
         add_map(&mut m.r.close_codes, &r.close_codes);
+        // Every process watched the same servers over the same window: keep one reading.
+        if m.r.server.is_none() {
+            m.r.server.clone_from(&r.server);
+        }
         m.r.cpu_pct = match (m.r.cpu_pct, r.cpu_pct) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -423,6 +430,21 @@ pub fn summarize(args: &Args, m: &Merged) -> Summary {
         ));
     }
     let mut json = json;
+    if let Some(u) = &m.r.server {
+        let per = |n: u64| (n > 0).then(|| (u.cpu_s * 1e6 / n as f64 * 100.0).round() / 100.0);
+        let connected = c.connected.max(1);
+        json["server"] = json!({
+            "pids": u.pids,
+            "cpu_s": u.cpu_s,
+            "cpu_us_per_delivery": per(c.delivered),
+            "cpu_us_per_message": per(c.sent),
+            "cpu_s_per_1000_delivered": (c.delivered > 0).then(|| u.cpu_s * 1000.0 / c.delivered as f64),
+            "rss_before_kb": u.rss_before_kb,
+            "rss_loaded_kb": u.rss_loaded_kb,
+            "peak_rss_kb": u.peak_rss_kb,
+            "rss_per_conn_bytes": u.rss_loaded_kb.saturating_sub(u.rss_before_kb) * 1024 / connected,
+        });
+    }
     json["ok"] = json!(failures.is_empty());
     Summary { json, failures, warnings }
 }
@@ -500,6 +522,19 @@ pub fn table(s: &Summary) -> String {
     }
     if let Some(cpu) = j["tool_cpu_pct"].as_f64() {
         line(format!("  tool cpu    {cpu:.1}% of one core (busiest process)"));
+    }
+    if let Some(s) = j.get("server") {
+        let fmt_opt = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+        line(format!(
+            "  server cpu  {:.2} s: {} us per delivery, {} us per message sent",
+            s["cpu_s"].as_f64().unwrap_or(0.0),
+            fmt_opt(&s["cpu_us_per_delivery"]),
+            fmt_opt(&s["cpu_us_per_message"])
+        ));
+        line(format!(
+            "  server mem  {} kB before, {} kB loaded ({} B per connection), peak {} kB",
+            s["rss_before_kb"], s["rss_loaded_kb"], s["rss_per_conn_bytes"], s["peak_rss_kb"]
+        ));
     }
     line(format!(
         "  errors      {} (unavailable {}, rate_limited {}, not_member {}, bad_request {}, other {})",

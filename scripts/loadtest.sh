@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Start gateway(s), run a chatgate-load scenario against them, report the tool's figures
+# beside the servers' own cost (CPU seconds from /proc per 1,000 delivered messages and per
+# delivery, peak RSS, RSS per connection).
+#
+#   scripts/loadtest.sh [options] -- <chatgate-load scenario and options>
+#
+# Options:
+#   --nodes N        gateways to start (default 1). N > 1, or --cluster, runs cluster mode
+#                    against local Redis and RabbitMQ, whose CPU is then counted too.
+#   --cluster        cluster mode even with one node
+#   --gw-cpus LIST   taskset CPU list for the gateways (default 0)
+#   --tool-cpus LIST taskset CPU list for the load tool (default 1)
+#   --no-build       use the existing target/release binaries
+#   --out FILE       where to keep the tool's JSON report (default target/loadtest/last.json)
+# Gateways get CHAT_RATE_LIMIT/CHAT_RATE_BURST=1000000 (a load tool exceeds the 100/s
+# default); any CHAT_* variable in the environment is passed through.
+#
+# Examples:
+#   scripts/loadtest.sh -- fanout --conns 1000 --rate max --duration 10
+#   scripts/loadtest.sh -- direct --conns 2000 --rate 10000
+#   scripts/loadtest.sh --nodes 2 -- direct --conns 2000 --rate 10000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=target/loadtest/last.json
+while [ $# -gt 0 ]; do
+  case $1 in
+    --nodes) nodes=$2; shift 2 ;;
+    --cluster) cluster=1; shift ;;
+    --gw-cpus) gw_cpus=$2; shift 2 ;;
+    --tool-cpus) tool_cpus=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --out) out=$2; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "give a chatgate-load scenario after --" >&2; exit 2; }
+[ "$nodes" -gt 1 ] && cluster=1
+
+[ $build = 1 ] && cargo build --release --quiet --bin chatgate --bin chatgate-load
+mkdir -p "$(dirname "$out")"
+logs=$(dirname "$out")
+base=${CHAT_BASE_PORT:-9401}
+name="lt$$"
+pids=() urls=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+for i in $(seq 1 "$nodes"); do
+  port=$((base + i - 1))
+  envs=(CHAT_NODE_ID="$name-n$i" CHAT_LISTEN="127.0.0.1:$port"
+        CHAT_RATE_LIMIT="${CHAT_RATE_LIMIT:-1000000}" CHAT_RATE_BURST="${CHAT_RATE_BURST:-1000000}"
+        CHAT_LOG_FORMAT=json)
+  if [ $cluster = 1 ]; then
+    envs+=(CHAT_CLUSTER="$name" REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}"
+           RABBIT_MQ_URL="${RABBIT_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}")
+  fi
+  env "${envs[@]}" taskset -c "$gw_cpus" target/release/chatgate >"$logs/gateway-$i.log" 2>&1 &
+  pids+=($!)
+  urls+=(--url "ws://127.0.0.1:$port/ws")
+done
+for i in $(seq 1 "$nodes"); do
+  port=$((base + i - 1))
+  for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "gateway $i not ready; see $logs/gateway-$i.log" >&2; exit 1; }
+done
+
+watch=$(IFS=,; echo "${pids[*]}")
+servers="gateways ${watch}"
+if [ $cluster = 1 ]; then
+  extra=$(pgrep -d, -x redis-server || true),$(pgrep -d, -f beam.smp || true)
+  extra=$(echo "$extra" | sed 's/^,*//; s/,*$//; s/,,*/,/g')
+  [ -n "$extra" ] && { watch="$watch,$extra"; servers="$servers + redis/rabbitmq $extra"; }
+fi
+echo "== $nodes gateway(s) on CPU $gw_cpus ($servers); load tool on CPU $tool_cpus" >&2
+
+set +e
+taskset -c "$tool_cpus" target/release/chatgate-load "$@" "${urls[@]}" --watch-pid "$watch" --json >"$out"
+status=$?
+set -e
+
+python3 - "$out" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r.get("server", {})
+lat = r.get("latency_us", {})
+def us(v): return "-" if v is None else (f"{v/1000:.2f} ms" if v >= 1000 else f"{v} µs")
+print(f"\n== {r['scenario']}: {r['connected']}/{r['connections']} connections, rate {r.get('rate')}")
+print(f"  delivered      {r['delivered']:,} ({r['delivered_per_s']:,.0f}/s), lost {r['lost']}, errors {r['errors']}")
+print(f"  latency        p50 {us(lat.get('p50'))}  p90 {us(lat.get('p90'))}  p99 {us(lat.get('p99'))}  p99.9 {us(lat.get('p999'))}  max {us(lat.get('max'))}")
+if s:
+    per1k = s.get("cpu_s_per_1000_delivered")
+    print(f"  server CPU     {s['cpu_s']:.2f} s over the measured window"
+          + (f" = {per1k:.4f} CPU-s per 1,000 delivered, {s['cpu_us_per_delivery']} µs per delivery,"
+             f" {s['cpu_us_per_message']} µs per message sent" if per1k is not None else ""))
+    print(f"  server memory  peak RSS {s['peak_rss_kb']/1024:.1f} MiB; {s['rss_loaded_kb']/1024:.1f} MiB loaded"
+          f" vs {s['rss_before_kb']/1024:.1f} MiB before = {s['rss_per_conn_bytes']:,} B per connection")
+print(f"  load tool CPU  {r.get('tool_cpu_pct')}% of one core")
+PY
+echo "  report         $out" >&2
+exit $status
