@@ -43,6 +43,7 @@ pub const ENV_BROKER_BUFFER_MS: &str = "CHAT_BROKER_BUFFER_MS";
 pub const ENV_BROKER_BUFFER_BYTES: &str = "CHAT_BROKER_BUFFER_BYTES";
 pub const ENV_BATCH_BYTES: &str = "CHAT_PUBLISH_BATCH_BYTES";
 pub const ENV_BATCH_FRAMES: &str = "CHAT_PUBLISH_BATCH_FRAMES";
+pub const ENV_PACING_US: &str = "CHAT_PUBLISH_PACING_US";
 pub const ENV_PREFETCH: &str = "CHAT_AMQP_PREFETCH";
 pub const ENV_PERSISTENT: &str = "CHAT_AMQP_PERSISTENT";
 
@@ -133,6 +134,11 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { name: ENV_BATCH_BYTES, default: "131072", doc: "Largest AMQP message (a batch of frames for one node)." },
     Setting { name: ENV_BATCH_FRAMES, default: "512", doc: "Most frames in one AMQP message." },
+    Setting {
+        name: ENV_PACING_US,
+        default: "1000",
+        doc: "While traffic to a node flows, at most one AMQP message to it per this many us (0: off).",
+    },
     Setting { name: ENV_PREFETCH, default: "256", doc: "Unacknowledged AMQP messages a node's consumer may hold." },
     Setting {
         name: ENV_PERSISTENT,
@@ -210,6 +216,8 @@ pub struct ClusterConfig {
     pub batch_bytes: usize,
     /// Most frames per batch.
     pub batch_frames: usize,
+    /// Pacing of batches to one node while traffic flows.
+    pub publish_pacing: Duration,
     /// Consumer prefetch.
     pub prefetch: u16,
     /// Persistent AMQP messages.
@@ -350,6 +358,7 @@ fn cluster_config(env: &Env<'_>) -> Result<Option<ClusterConfig>, ConfigError> {
         broker_buffer_bytes: env.number(ENV_BROKER_BUFFER_BYTES, 64 << 20, 0..=1 << 40)?,
         batch_bytes: env.number(ENV_BATCH_BYTES, 128 << 10, 1024..=64 << 20)?,
         batch_frames: env.number(ENV_BATCH_FRAMES, 512, 1..=1 << 20)?,
+        publish_pacing: Duration::from_micros(env.number(ENV_PACING_US, 1000, 0..=1_000_000)?),
         prefetch: env.number(ENV_PREFETCH, 256, 1..=u16::MAX)?,
         persistent,
     }))

@@ -130,9 +130,10 @@ impl Node {
     pub fn new(config: Config, backends: Backends) -> Arc<Node> {
         let hub = Arc::new(Hub::new(config.shards));
         let cluster = backends.broker.as_ref().map(|broker| {
-            let limits = config.cluster.as_ref().map_or(Limits { batch_bytes: 128 << 10, batch_frames: 512 }, |c| {
-                Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames }
-            });
+            let limits = config.cluster.as_ref().map_or(
+                Limits { batch_bytes: 128 << 10, batch_frames: 512, pacing: std::time::Duration::from_millis(1) },
+                |c| Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames, pacing: c.publish_pacing },
+            );
             Cluster::start(
                 &config.node_id,
                 hub.clone(),

@@ -37,6 +37,9 @@ use tracing::{debug, info, warn};
 
 use super::{BackendError, BoxFuture, Broker, Inbox};
 
+/// Longest an AMQP delivery waits to be acknowledged (acks are batched).
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
 /// How a node reaches RabbitMQ and how it publishes.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
@@ -446,16 +449,22 @@ async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Res
     let mut unacked = None;
     let mut count = 0u32;
     loop {
-        // Ack (multiple) once the burst of ready deliveries is handled, or every 64.
+        // Acks are batched (multiple): every 64 deliveries, or ACK_DELAY after the first
+        // unacknowledged one, whichever comes first. Each batch is already in the local
+        // outboxes when it is counted; a crash before the ack only means redelivery.
         let next = match consumer.next().now_or_never() {
             Some(next) => next,
-            None => {
-                if let Some(acker) = unacked.take() {
-                    ack(&acker).await?;
+            None if unacked.is_some() => match tokio::time::timeout(ACK_DELAY, consumer.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if let Some(acker) = unacked.take() {
+                        ack(&acker).await?;
+                    }
                     count = 0;
+                    continue;
                 }
-                consumer.next().await
-            }
+            },
+            None => consumer.next().await,
         };
         let delivery = match next {
             Some(Ok(d)) => d,

@@ -16,16 +16,18 @@
 
 pub mod batch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::backend::{BackendError, Broker, Inbox, Presence, Target};
+use crate::backend::{BackendError, BoxFuture, Broker, Inbox, Presence, Target};
 use crate::hub::{Conn, Hub};
 use crate::protocol::{AckStatus, ErrorCode, MessageId, encode, ws};
 use batch::{Addr, BatchBuf};
@@ -58,11 +60,14 @@ pub struct Job {
     pub group_sent: bool,
 }
 
-/// Batch bounds.
+/// Batch bounds and pacing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub batch_bytes: usize,
     pub batch_frames: usize,
+    /// While traffic flows, a dispatcher takes at most one drain per this interval (zero: no
+    /// pacing). After an idle interval the next message is routed at once.
+    pub pacing: Duration,
 }
 
 /// Dispatcher shards.
@@ -175,127 +180,236 @@ pub fn answer(ack: Ack, res: Result<AckStatus, BackendError>) {
     }
 }
 
-/// Per-node batches being built in one drain.
-struct Outgoing {
+/// A job waiting for its remote batches to be confirmed.
+struct Waiting {
+    ack: Ack,
+    /// Batches (published or still pending) carrying it that are not confirmed yet.
+    remaining: usize,
+    delivered: bool,
+    group_sent: bool,
+    failed: Option<BackendError>,
+}
+
+/// One frame queued for a node, and the job it belongs to.
+struct Entry {
+    target: Target,
+    frame: Bytes,
+    job: usize,
+}
+
+/// What one dispatcher sends to one node: entries waiting for room in the confirm window.
+/// Whatever arrives while confirms are outstanding goes into the next batch, so under load
+/// batches grow with the broker's latency (see also the drain pacing in [`dispatch`]).
+struct Outlet {
     node: String,
-    current: BatchBuf,
-    done: Vec<Bytes>,
+    pending: VecDeque<Entry>,
+    inflight: usize,
 }
 
+/// Unconfirmed batches per destination node, per dispatcher shard.
+const WINDOW: usize = 2;
+
+/// Entries an outlet holds beyond its window (a broker outage); more are `unavailable`.
+const MAX_PENDING: usize = 1 << 16;
+
+type Confirm = BoxFuture<'static, (usize, Vec<usize>, Result<bool, BackendError>)>;
+
+/// One dispatcher shard.
+struct Dispatcher {
+    ctx: Arc<Ctx>,
+    outlets: Vec<Outlet>,
+    outlet_of: HashMap<String, usize>,
+    /// Jobs with batches in flight, by slot; `free` lists unused slots.
+    waiting: Vec<Option<Waiting>>,
+    free: Vec<usize>,
+    confirms: FuturesUnordered<Confirm>,
+}
+
+/// A dispatcher shard's loop.
+///
+/// Drain pacing: while traffic flows, the shard takes one drain per `Limits::pacing`, so at a
+/// moderate rate (where each drain would otherwise hold a single message) what arrives within
+/// an interval shares one presence lookup and one AMQP message per node, for at most one
+/// interval of latency. After an idle interval the next message is routed at once: no timer
+/// delay when idle.
 async fn dispatch(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Job>) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(DRAIN);
-    while rx.recv_many(&mut jobs, DRAIN).await > 0 {
-        route(&ctx, &mut jobs).await;
-        jobs.clear();
-    }
-}
-
-async fn route(ctx: &Ctx, jobs: &mut Vec<Job>) {
-    // One lookup for every distinct target in the drain.
-    let mut index: HashMap<&Target, usize> = HashMap::with_capacity(jobs.len());
-    let mut targets: Vec<Target> = Vec::new();
-    let slots: Vec<usize> = jobs
-        .iter()
-        .map(|j| {
-            *index.entry(&j.target).or_insert_with(|| {
-                targets.push(j.target.clone());
-                targets.len() - 1
-            })
-        })
-        .collect();
-    let located = match ctx.presence.locate(&targets).await {
-        Ok(l) => l,
-        Err(e) => {
-            debug!(error = %e, jobs = jobs.len(), "routing lookup failed");
-            for job in jobs.drain(..) {
-                answer(job.ack, Err(e.clone()));
-            }
-            return;
-        }
+    let pacing = ctx.limits.pacing;
+    let mut d = Dispatcher {
+        ctx,
+        outlets: Vec::new(),
+        outlet_of: HashMap::new(),
+        waiting: Vec::new(),
+        free: Vec::new(),
+        confirms: FuturesUnordered::new(),
     };
-
-    // Local deliveries now; remote ones into per-node batches.
-    let mut out: Vec<Outgoing> = Vec::new();
-    let mut node_slot: HashMap<&str, usize> = HashMap::new();
-    // For each job: local deliveries, and which (outgoing, batch) pairs carry it.
-    let mut carried: Vec<(usize, Vec<(usize, usize)>)> = Vec::with_capacity(jobs.len());
-    for (job, &slot) in jobs.iter().zip(&slots) {
-        let addr = match &job.target {
-            Target::User(u) => Addr::User(u),
-            Target::Group(g) => Addr::Group(g),
-        };
-        let mut local = 0;
-        let mut remote = Vec::new();
-        for n in &located[slot] {
-            if *n == ctx.node {
-                local += match addr {
-                    Addr::User(u) => ctx.hub.deliver_user(u, &job.frame),
-                    Addr::Group(g) => ctx.hub.deliver_group(g, &job.frame, job.exclude),
-                };
-                continue;
+    let mut jobs: Vec<Job> = Vec::with_capacity(DRAIN);
+    let mut last_drain: Option<tokio::time::Instant> = None;
+    loop {
+        let wait = last_drain.map(|t| t + pacing).filter(|&t| t > tokio::time::Instant::now());
+        tokio::select! {
+            n = rx.recv_many(&mut jobs, DRAIN), if wait.is_none() => {
+                if n == 0 {
+                    break;
+                }
+                last_drain = Some(tokio::time::Instant::now());
+                d.route(&mut jobs).await;
+                jobs.clear();
             }
-            let o = *node_slot.entry(n.as_str()).or_insert_with(|| {
-                out.push(Outgoing { node: n.clone(), current: BatchBuf::new(), done: Vec::new() });
-                out.len() - 1
-            });
-            let og = &mut out[o];
-            if !og.current.is_empty()
-                && (og.current.entries() >= ctx.limits.batch_frames
-                    || og.current.len() + BatchBuf::entry_len(addr, &job.frame) > ctx.limits.batch_bytes)
-            {
-                og.done.push(std::mem::take(&mut og.current).finish());
-            }
-            og.current.push(addr, &job.frame);
-            remote.push((o, og.done.len()));
-        }
-        carried.push((local, remote));
-    }
-
-    // Publish in order; confirms are awaited off the dispatcher so the next drain can start.
-    let mut confirms = Vec::new();
-    let mut batch_ids: Vec<Vec<usize>> = Vec::with_capacity(out.len());
-    for og in out {
-        let mut ids = Vec::new();
-        for b in og.done.into_iter().chain((!og.current.is_empty()).then(|| og.current.finish())) {
-            ids.push(confirms.len());
-            confirms.push(ctx.broker.publish(&og.node, b));
-        }
-        batch_ids.push(ids);
-    }
-    let mut waiting = Vec::new();
-    for (job, (local, remote)) in jobs.drain(..).zip(carried) {
-        if remote.is_empty() {
-            answer(job.ack, Ok(status(local > 0, job.group_sent)));
-        } else {
-            let ids: Vec<usize> = remote.iter().map(|&(o, b)| batch_ids[o][b]).collect();
-            waiting.push((job, local, ids));
-        }
-    }
-    if waiting.is_empty() {
-        // Presence events and purely local messages: still let the publishes complete.
-        if !confirms.is_empty() {
-            tokio::spawn(join_all(confirms));
-        }
-        return;
-    }
-    tokio::spawn(async move {
-        let results = join_all(confirms).await;
-        for (job, local, ids) in waiting {
-            let mut delivered = local > 0;
-            let mut failed = None;
-            for i in ids {
-                match &results[i] {
-                    Ok(true) => delivered = true,
-                    Ok(false) => {}
-                    Err(e) => failed = Some(e.clone()),
+            Some((outlet, done, res)) = d.confirms.next() => d.confirmed(outlet, done, res),
+            () = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
+                // Paced: whatever is queued now is the next drain.
+                if rx.is_empty() {
+                    last_drain = None;
                 }
             }
-            match failed {
-                Some(e) => answer(job.ack, Err(e)),
-                None => answer(job.ack, Ok(status(delivered, job.group_sent))),
+        }
+    }
+    // The router is gone (shutdown): let what is in flight finish.
+    while let Some((outlet, done, res)) = d.confirms.next().await {
+        d.confirmed(outlet, done, res);
+    }
+}
+
+fn addr(target: &Target) -> Addr<'_> {
+    match target {
+        Target::User(u) => Addr::User(u),
+        Target::Group(g) => Addr::Group(g),
+    }
+}
+
+impl Dispatcher {
+    /// Routes one drain: one presence lookup for all distinct targets, local deliveries at
+    /// once, remote ones into the destination nodes' outlets.
+    async fn route(&mut self, jobs: &mut Vec<Job>) {
+        let ctx = self.ctx.clone();
+        let mut index: HashMap<&Target, usize> = HashMap::with_capacity(jobs.len());
+        let mut targets: Vec<Target> = Vec::new();
+        let slots: Vec<usize> = jobs
+            .iter()
+            .map(|j| {
+                *index.entry(&j.target).or_insert_with(|| {
+                    targets.push(j.target.clone());
+                    targets.len() - 1
+                })
+            })
+            .collect();
+        drop(index);
+        let located = match ctx.presence.locate(&targets).await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(error = %e, jobs = jobs.len(), "routing lookup failed");
+                for job in jobs.drain(..) {
+                    answer(job.ack, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut touched: Vec<usize> = Vec::new();
+        let mut remote: Vec<usize> = Vec::new();
+        for (job, t) in jobs.drain(..).zip(slots) {
+            let mut local = 0;
+            remote.clear();
+            for n in &located[t] {
+                if *n == ctx.node {
+                    local += match &job.target {
+                        Target::User(u) => ctx.hub.deliver_user(u, &job.frame),
+                        Target::Group(g) => ctx.hub.deliver_group(g, &job.frame, job.exclude),
+                    };
+                } else {
+                    remote.push(self.outlet(n));
+                }
+            }
+            if remote.is_empty() {
+                answer(job.ack, Ok(status(local > 0, job.group_sent)));
+                continue;
+            }
+            if remote.iter().any(|&o| self.outlets[o].pending.len() >= MAX_PENDING) {
+                answer(job.ack, Err(BackendError::Broker("too many messages waiting for the broker".into())));
+                continue;
+            }
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.waiting.push(None);
+                self.waiting.len() - 1
+            });
+            self.waiting[slot] = Some(Waiting {
+                ack: job.ack,
+                remaining: remote.len(),
+                delivered: local > 0,
+                group_sent: job.group_sent,
+                failed: None,
+            });
+            for &o in &remote {
+                self.outlets[o].pending.push_back(Entry {
+                    target: job.target.clone(),
+                    frame: job.frame.clone(),
+                    job: slot,
+                });
+                if !touched.contains(&o) {
+                    touched.push(o);
+                }
             }
         }
-    });
+        for o in touched {
+            self.flush(o);
+        }
+    }
+
+    fn outlet(&mut self, node: &str) -> usize {
+        if let Some(&o) = self.outlet_of.get(node) {
+            return o;
+        }
+        self.outlets.push(Outlet { node: node.to_owned(), pending: VecDeque::new(), inflight: 0 });
+        self.outlet_of.insert(node.to_owned(), self.outlets.len() - 1);
+        self.outlets.len() - 1
+    }
+
+    /// Publishes pending entries of outlet `o` while its window has room, one batch (bounded
+    /// by bytes and frames) per publish. Batches leave in order.
+    fn flush(&mut self, o: usize) {
+        let limits = self.ctx.limits;
+        let outlet = &mut self.outlets[o];
+        while outlet.inflight < WINDOW && !outlet.pending.is_empty() {
+            let mut batch = BatchBuf::new();
+            let mut jobs = Vec::new();
+            while let Some(e) = outlet.pending.front() {
+                let a = addr(&e.target);
+                if !batch.is_empty()
+                    && (batch.entries() >= limits.batch_frames
+                        || batch.len() + BatchBuf::entry_len(a, &e.frame) > limits.batch_bytes)
+                {
+                    break;
+                }
+                batch.push(a, &e.frame);
+                jobs.push(e.job);
+                outlet.pending.pop_front();
+            }
+            outlet.inflight += 1;
+            let confirm = self.ctx.broker.publish(&outlet.node, batch.finish());
+            self.confirms.push(Box::pin(async move { (o, jobs, confirm.await) }));
+        }
+    }
+
+    /// A batch of outlet `o` was confirmed (or failed): settle its jobs, refill the window.
+    fn confirmed(&mut self, o: usize, jobs: Vec<usize>, res: Result<bool, BackendError>) {
+        self.outlets[o].inflight -= 1;
+        for j in jobs {
+            let Some(w) = self.waiting[j].as_mut() else { continue };
+            match &res {
+                Ok(true) => w.delivered = true,
+                Ok(false) => {}
+                Err(e) => w.failed = Some(e.clone()),
+            }
+            w.remaining -= 1;
+            if w.remaining > 0 {
+                continue;
+            }
+            if let Some(w) = self.waiting[j].take() {
+                self.free.push(j);
+                answer(w.ack, w.failed.map_or_else(|| Ok(status(w.delivered, w.group_sent)), Err));
+            }
+        }
+        self.flush(o);
+    }
 }
 
 fn status(delivered: bool, group_sent: bool) -> AckStatus {
