@@ -12,6 +12,7 @@
 #   --gw-cpus LIST   taskset CPU list for the gateways (default 0)
 #   --tool-cpus LIST taskset CPU list for the load tool (default 1)
 #   --no-build       use the existing target/release binaries
+#   --debug          use target/debug binaries (as `cargo test` leaves them; no build)
 #   --out FILE       where to keep the tool's JSON report (default target/loadtest/last.json)
 # Gateways get CHAT_RATE_LIMIT/CHAT_RATE_BURST=1000000 (a load tool exceeds the 100/s
 # default); any CHAT_* variable in the environment is passed through.
@@ -23,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=target/loadtest/last.json
+nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=target/loadtest/last.json profile=release
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
     --gw-cpus) gw_cpus=$2; shift 2 ;;
     --tool-cpus) tool_cpus=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --debug) build=0; profile=debug; shift ;;
     --out) out=$2; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -41,6 +43,7 @@ done
 [ "$nodes" -gt 1 ] && cluster=1
 
 [ $build = 1 ] && cargo build --release --quiet --bin chatgate --bin chatgate-load
+bin=target/$profile
 mkdir -p "$(dirname "$out")"
 logs=$(dirname "$out")
 base=${CHAT_BASE_PORT:-9401}
@@ -64,7 +67,7 @@ for i in $(seq 1 "$nodes"); do
     envs+=(CHAT_CLUSTER="$name" REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}"
            RABBIT_MQ_URL="${RABBIT_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}")
   fi
-  env "${envs[@]}" taskset -c "$gw_cpus" target/release/chatgate >"$logs/gateway-$i.log" 2>&1 &
+  env "${envs[@]}" taskset -c "$gw_cpus" "$bin/chatgate" >"$logs/gateway-$i.log" 2>&1 &
   pids+=($!)
   urls+=(--url "ws://127.0.0.1:$port/ws")
 done
@@ -84,7 +87,7 @@ fi
 echo "== $nodes gateway(s) on CPU $gw_cpus ($servers); load tool on CPU $tool_cpus" >&2
 
 set +e
-taskset -c "$tool_cpus" target/release/chatgate-load "$@" "${urls[@]}" --watch-pid "$watch" --json >"$out"
+taskset -c "$tool_cpus" "$bin/chatgate-load" "$@" "${urls[@]}" --watch-pid "$watch" --json >"$out"
 status=$?
 set -e
 

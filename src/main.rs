@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let listener = match TcpListener::bind(config.listen).await {
+    let listener = match listen(config.listen) {
         Ok(l) => l,
         Err(e) => {
             error!(addr = %config.listen, error = %e, "cannot listen");
@@ -66,6 +66,15 @@ async fn serve(config: Config) -> ExitCode {
     let node = Node::new(config, backends);
     chatgate::server::run(listener, node, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// Binds with a deep accept backlog: a burst of connects (a reconnect storm after a node
+/// restart) must wait in the queue, not overflow it into 1 s SYN retransmits.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -5,14 +5,16 @@
 //!                             connection, so one sender's messages stay in order)
 //! dispatcher: drain everything queued ─► ONE presence lookup for all distinct targets
 //!   ├─ this node in the answer  ─► Hub (local outboxes), now
-//!   └─ other nodes              ─► one batch per node (bounded) ─► Broker::publish
-//! confirms (awaited off the dispatcher) ─► acks: `sent` / `offline` / `unavailable`
+//!   └─ other nodes              ─► outlet per node ─► batches (≤ 2 unconfirmed) ─► Broker::publish
+//! confirms (polled by the dispatcher) ─► acks: `sent` / `offline` / `unavailable`
 //!
 //! broker consumer ─► inbound batch ─► Hub (frames are slices of the delivery)
 //! ```
 //!
-//! No timer anywhere: an idle dispatcher wakes on the first message and sends it at once;
-//! under load, what queued during the previous round trip becomes the next drain.
+//! An idle dispatcher routes the first message at once. Under load, batches form from what
+//! queued during the previous round trip and while confirms were outstanding; at moderate
+//! rates, drain pacing (`Limits::pacing`) lets messages of one interval share a lookup and
+//! an AMQP message.
 
 pub mod batch;
 
