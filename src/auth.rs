@@ -50,11 +50,6 @@ impl Auth {
         Auth { jwt, origins }
     }
 
-    /// `true` when connections need a token.
-    pub fn requires_token(&self) -> bool {
-        self.jwt.is_some()
-    }
-
     /// Checks the origin, then the token. `Ok(Some(user))` for a verified token,
     /// `Ok(None)` in anonymous mode.
     pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, Refusal> {

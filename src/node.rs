@@ -170,7 +170,13 @@ impl Node {
     /// Milliseconds since the node started (connection activity clock).
     #[inline]
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(std::time::Instant::now())
+    }
+
+    /// `at` on the node's millisecond clock.
+    #[inline]
+    pub fn ms_at(&self, at: std::time::Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     pub fn next_conn_id(&self) -> u64 {

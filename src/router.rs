@@ -57,10 +57,6 @@ impl Router {
         Router { hub, cluster, hasher: Default::default() }
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.hub
-    }
-
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.as_ref()
     }

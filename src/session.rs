@@ -220,7 +220,7 @@ impl Session {
                         Some(Err(e)) => break self.on_read_error(e),
                     };
                     let now = Instant::now();
-                    conn.seen(node.now_ms());
+                    conn.seen(node.ms_at(now));
                     match msg {
                         Message::Text(text) => match self.on_text(&text, now) {
                             Ok(None) => {}

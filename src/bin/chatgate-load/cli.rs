@@ -96,6 +96,15 @@ EXIT STATUS:
     2  bad arguments or set-up failure
 ";
 
+/// Parsed arguments for unit tests (panics on a parse error or `--help`).
+#[cfg(test)]
+pub fn test_args(a: &[&str]) -> Args {
+    match parse(a.iter().map(|s| s.to_string())) {
+        Ok(Command::Run(a)) => *a,
+        other => panic!("not a run: {other:?}"),
+    }
+}
+
 /// Which workload to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {

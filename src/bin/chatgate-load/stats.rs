@@ -568,14 +568,7 @@ pub fn table(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Command, parse};
-
-    fn args(a: &[&str]) -> Args {
-        match parse(a.iter().map(|s| s.to_string())).unwrap() {
-            Command::Run(a) => *a,
-            Command::Help => unreachable!(),
-        }
-    }
+    use crate::cli::test_args as args;
 
     #[test]
     fn expected_counts() {
