@@ -30,15 +30,17 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
         },
         (&Method::POST, "/api/publish") => publish(req, node).await,
-        (&Method::GET, p) if p.starts_with("/api/groups/") && p.ends_with("/members") => {
-            let group = &p["/api/groups/".len()..p.len() - "/members".len()];
-            members(&node, group).await
-        }
+        (&Method::GET, p) if group_of(p).is_some() => members(&node, group_of(p).unwrap_or_default()).await,
         (_, "/ping" | "/healthz" | "/readyz" | "/api/online" | "/api/publish") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such path"),
     }
+}
+
+/// `group` from `/api/groups/{group}/members`.
+fn group_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/groups/")?.strip_suffix("/members")
 }
 
 fn readyz(node: &Node) -> Response<Body> {

@@ -34,6 +34,11 @@ async fn members_endpoint_validates_the_name() {
     assert_eq!(r.json()["error"], "bad_request");
     let r = gw.http("GET", "/api/groups/empty/members", &[], "").await;
     assert_eq!(r.json(), json!({"group":"empty","users":[]}));
+    // Prefix and suffix overlap: no group at all.
+    let r = gw.http("GET", "/api/groups/members", &[], "").await;
+    assert_eq!(r.status, 404);
+    let r = gw.http("GET", "/api/groups//members", &[], "").await;
+    assert_eq!(r.status, 400);
 }
 
 #[tokio::test]

@@ -297,8 +297,9 @@ impl Dispatcher {
             .collect();
         drop(index);
         let located = match ctx.presence.locate(&targets).await {
-            Ok(l) => l,
-            Err(e) => {
+            Ok(l) if l.len() == targets.len() => l,
+            res => {
+                let e = res.err().unwrap_or_else(|| BackendError::Presence("routing lookup answered wrongly".into()));
                 debug!(error = %e, jobs = jobs.len(), "routing lookup failed");
                 for job in jobs.drain(..) {
                     answer(job.ack, Err(e.clone()));
