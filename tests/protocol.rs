@@ -445,3 +445,23 @@ async fn graceful_shutdown_flushes_then_closes_1001() {
     assert_eq!(gw.node.hub.connections().len(), 0);
     assert_eq!(gw.node.presence.online_count().await.unwrap(), 0, "presence released");
 }
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007_and_protocol_violations_close_1002() {
+    let gw = Gateway::start().await;
+    let mut raw = RawClient::connect(gw.addr, "/ws").await;
+    assert_eq!(raw.read_frame().await.unwrap().opcode, 1, "welcome");
+    raw.send_frame(1, &[0xff, 0xfe, 0xfd]).await;
+    assert_eq!(raw.close_code().await, 1007);
+
+    // A client frame without a mask violates RFC 6455.
+    let mut raw = RawClient::connect(gw.addr, "/ws").await;
+    assert_eq!(raw.read_frame().await.unwrap().opcode, 1, "welcome");
+    use tokio::io::AsyncWriteExt;
+    raw.stream.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(raw.close_code().await, 1002);
+
+    // The gateway is fine: others still connect and chat.
+    let mut a = gw.client().await;
+    assert_eq!(a.request(json!({"type":"ping"}), "ok").await["type"], "pong");
+}
