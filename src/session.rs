@@ -16,7 +16,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -40,36 +39,19 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const READ_BUFFER: usize = 4096;
 
 /// Read half for tungstenite, write half into the outbox.
+///
+/// Reads go straight to the socket. (An earlier version skipped the read that follows a
+/// short read, clearing the socket's readiness instead to save the EAGAIN system call; that
+/// also erased the edge of data arriving in between, leaving a client's frame unread until
+/// it sent another. See the `duplex_reads_data_that_arrived_after_a_short_read` test.)
 struct Duplex {
     rd: OwnedReadHalf,
     conn: Arc<Conn>,
-    /// The last read returned less than it asked for: the socket was empty then.
-    drained: bool,
 }
 
 impl AsyncRead for Duplex {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if std::mem::take(&mut self.drained) {
-            // tungstenite reads again after every frame; after a short read that read would
-            // only return EAGAIN. Clear the readiness the short read left behind instead and
-            // wait for the next edge: one system call saved per message. (Data that arrived
-            // since has queued a new edge, so nothing is missed.)
-            let tcp: &TcpStream = self.rd.as_ref();
-            let _ = tcp.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-            match tcp.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-        }
-        let want = buf.remaining();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.rd).poll_read(cx, buf);
-        let got = buf.filled().len() - before;
-        if matches!(res, Poll::Ready(Ok(()))) && got > 0 && got < want {
-            self.drained = true;
-        }
-        res
+        Pin::new(&mut self.rd).poll_read(cx, buf)
     }
 }
 
@@ -158,7 +140,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         .max_write_buffer_size(64 << 10)
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes));
-    let duplex = Duplex { rd, conn: conn.clone(), drained: false };
+    let duplex = Duplex { rd, conn: conn.clone() };
     let stream = WebSocketStream::from_partially_read(duplex, leftover, Role::Server, Some(ws_config)).await;
 
     let session = Session {
@@ -448,5 +430,40 @@ impl Session {
             }
             Err(e) => warn!(user = %self.conn.user, error = %e, "could not record disconnect"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A read that follows a short read must see data that arrived in between, even though
+    /// no new readiness event comes for it (the socket was never drained to EAGAIN).
+    #[tokio::test]
+    async fn duplex_reads_data_that_arrived_after_a_short_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, _wr) = server.into_split();
+        let conn = Arc::new(Conn::new(1, "u".into(), Outbox::new(4, 1024)));
+        let mut duplex = Duplex { rd, conn };
+        let mut buf = [0u8; 64];
+
+        client.write_all(b"first").await.unwrap();
+        let n = duplex.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"first", "a short read");
+
+        client.write_all(b"second").await.unwrap();
+        // Wait until the bytes are in the socket's receive queue (peek leaves them there).
+        let mut peeked = 0;
+        while peeked < 6 {
+            peeked = duplex.rd.peek(&mut buf).await.unwrap();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), duplex.read(&mut buf))
+            .await
+            .expect("the queued bytes are read without another readiness event")
+            .unwrap();
+        assert_eq!(&buf[..n], b"second");
     }
 }

@@ -33,7 +33,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::{BackendError, BoxFuture, Broker, Inbox};
 
@@ -336,6 +336,7 @@ impl Publisher {
         let cfg = &self.shared.cfg;
         match req {
             Request::Publish { node, batch, at, done } => {
+                trace!(%node, bytes = batch.len(), "basic.publish");
                 let mut properties = BasicProperties::default();
                 if cfg.persistent {
                     properties = properties.with_delivery_mode(2);
@@ -344,7 +345,9 @@ impl Publisher {
                 match ch.basic_publish(cfg.exchange().into(), node.as_str().into(), opts, &batch, properties).await {
                     Ok(confirm) => {
                         inflight.push(Box::pin(async move {
-                            let res = match confirm.await {
+                            let confirmation = confirm.await;
+                            trace!(?confirmation, "publisher confirm");
+                            let res = match confirmation {
                                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(true),
                                 Ok(Confirmation::Ack(Some(_))) => Ok(false),
                                 Ok(Confirmation::Nack(_)) => {

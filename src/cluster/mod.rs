@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::backend::{BackendError, BoxFuture, Broker, Inbox, Presence, Target};
 use crate::hub::{Conn, Hub};
@@ -177,7 +177,8 @@ pub fn answer(ack: Ack, res: Result<AckStatus, BackendError>) {
                 Ok(status) => encode::ack(id.as_deref(), &mid, status),
                 Err(e) => encode::error(id.as_deref(), ErrorCode::Unavailable, &format!("not sent: {e}")),
             };
-            let _ = conn.outbox.push(frame);
+            let pushed = conn.outbox.push(frame);
+            trace!(conn = conn.id, ?pushed, "answered");
         }
     }
 }
@@ -296,6 +297,7 @@ impl Dispatcher {
             })
             .collect();
         drop(index);
+        trace!(jobs = jobs.len(), targets = targets.len(), "routing a drain");
         let located = match ctx.presence.locate(&targets).await {
             Ok(l) if l.len() == targets.len() => l,
             res => {
@@ -307,6 +309,7 @@ impl Dispatcher {
                 return;
             }
         };
+        trace!(?located, "located");
         let mut touched: Vec<usize> = Vec::new();
         let mut remote: Vec<usize> = Vec::new();
         for (job, t) in jobs.drain(..).zip(slots) {
@@ -387,6 +390,7 @@ impl Dispatcher {
                 outlet.pending.pop_front();
             }
             outlet.inflight += 1;
+            trace!(node = %outlet.node, frames = jobs.len(), inflight = outlet.inflight, "publishing a batch");
             let confirm = self.ctx.broker.publish(&outlet.node, batch.finish());
             self.confirms.push(Box::pin(async move { (o, jobs, confirm.await) }));
         }
@@ -395,6 +399,7 @@ impl Dispatcher {
     /// A batch of outlet `o` was confirmed (or failed): settle its jobs, refill the window.
     fn confirmed(&mut self, o: usize, jobs: Vec<usize>, res: Result<bool, BackendError>) {
         self.outlets[o].inflight -= 1;
+        trace!(node = %self.outlets[o].node, frames = jobs.len(), ?res, "batch settled");
         for j in jobs {
             let Some(w) = self.waiting[j].as_mut() else { continue };
             match &res {

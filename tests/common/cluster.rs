@@ -110,7 +110,7 @@ impl TestCluster {
             .env("CHAT_SHUTDOWN_GRACE_MS", "5000")
             .env("CHAT_RATE_LIMIT", "100000")
             .env("CHAT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", std::env::var("CHAT_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -227,7 +227,7 @@ impl Drop for TestCluster {
             for n in &self.nodes {
                 eprintln!("---- last log lines of node {} ----", n.id);
                 let logs = n.logs();
-                for line in logs.iter().skip(logs.len().saturating_sub(40)) {
+                for line in logs.iter().skip(logs.len().saturating_sub(200)) {
                     eprintln!("{line}");
                 }
             }
