@@ -124,16 +124,7 @@ impl FlowControl {
 
     /// Local connection `sender` sent a message to `group`: its other local members are owed it.
     pub fn sent_group(&self, group: usize, sender: usize) {
-        if !self.enabled {
-            return;
-        }
-        if let Some(m) = self.members.borrow().get(group) {
-            for &r in m {
-                if r as usize != sender {
-                    self.inc(r as usize);
-                }
-            }
-        }
+        self.other_members(group, sender, |r| self.inc(r));
     }
 
     /// A direct message to local connection `target`.
@@ -145,13 +136,18 @@ impl FlowControl {
 
     /// The group message from `sender` was refused: nobody is owed it.
     pub fn refused_group(&self, group: usize, sender: usize) {
+        self.other_members(group, sender, |r| self.dec(r));
+    }
+
+    /// Calls `f` with each local member of `group` other than `sender` (when tracking).
+    fn other_members(&self, group: usize, sender: usize, f: impl Fn(usize)) {
         if !self.enabled {
             return;
         }
         if let Some(m) = self.members.borrow().get(group) {
             for &r in m {
                 if r as usize != sender {
-                    self.dec(r as usize);
+                    f(r as usize);
                 }
             }
         }
