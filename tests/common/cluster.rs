@@ -64,6 +64,11 @@ impl NodeProc {
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().clone()
     }
+
+    /// Log lines (JSON) that contain `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        self.logs.lock().iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
 }
 
 /// Nodes of one test cluster.
