@@ -38,13 +38,7 @@ async fn once_group_presence_online_and_members_across_nodes() {
     assert_eq!(a.recv_type("presence").await["user"], b.user, "n0 sees n1's join");
     d.join("room").await;
     for x in [&mut a, &mut b] {
-        loop {
-            let ev = x.recv_type("presence").await;
-            if ev["user"] == d.user {
-                assert_eq!(ev["event"], "join");
-                break;
-            }
-        }
+        assert_eq!(x.presence_of(&d.user).await["event"], "join");
     }
     let ack = b.request(json!({"type":"group","to":"room","content":"hello"}), "g1").await;
     assert_eq!(ack["status"], "sent");
@@ -77,13 +71,7 @@ async fn once_group_presence_online_and_members_across_nodes() {
     // Leaving on n2 is seen on n0.
     let d_user = d.user.clone();
     d.close().await;
-    loop {
-        let ev = a.recv_type("presence").await;
-        if ev["user"] == d_user {
-            assert_eq!(ev["event"], "leave");
-            break;
-        }
-    }
+    assert_eq!(a.presence_of(&d_user).await["event"], "leave");
     assert_eq!(c.online(0).await, 2);
 }
 
@@ -156,11 +144,7 @@ async fn killed_node_is_swept_within_two_leases() {
     let mut victim = c.client(1).await;
     victim.join("room").await;
     let victim_user = victim.user.clone();
-    loop {
-        if watcher.recv_type("presence").await["user"] == victim_user {
-            break;
-        }
-    }
+    watcher.presence_of(&victim_user).await;
     let _other = c.client(2).await;
     assert_eq!(c.online(0).await, 3);
     assert!(c.queue_exists("n1").await);
@@ -199,11 +183,7 @@ async fn graceful_node_shutdown_cleans_up() {
     let mut leaving = c.client(1).await;
     leaving.join("room").await;
     let leaving_user = leaving.user.clone();
-    loop {
-        if stay.recv_type("presence").await["user"] == leaving_user {
-            break;
-        }
-    }
+    stay.presence_of(&leaving_user).await;
     // Something queued for the leaving node's client before the signal is still delivered.
     stay.request(json!({"type":"once","to":leaving_user,"content":"last words"}), "lw").await;
     c.sigterm(1);

@@ -142,6 +142,16 @@ impl Client {
         }
     }
 
+    /// Next presence event about `user`, skipping other frames and other users' events.
+    pub async fn presence_of(&mut self, user: &str) -> Value {
+        loop {
+            let ev = self.recv_type("presence").await;
+            if ev["user"] == user {
+                return ev;
+            }
+        }
+    }
+
     /// Sends `v` with `"id": id` and returns the reply carrying that id.
     pub async fn request(&mut self, mut v: Value, id: &str) -> Value {
         v["id"] = json!(id);
