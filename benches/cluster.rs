@@ -5,7 +5,8 @@
 use std::hint::black_box;
 
 use chatgate::backend::redis::{Commands, Write};
-use chatgate::cluster::batch::{Addr, BatchBuf, decode};
+use chatgate::delivery::Target;
+use chatgate::dispatch::batch::{BatchBuf, decode};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn frames(n: usize) -> Vec<(String, Vec<u8>)> {
@@ -21,14 +22,14 @@ fn batch(c: &mut Criterion) {
             b.iter(|| {
                 let mut batch = BatchBuf::new();
                 for (user, frame) in fs {
-                    batch.push(Addr::User(user), frame);
+                    batch.push(Target::User(user.as_str()), frame);
                 }
                 black_box(batch.finish())
             })
         });
         let mut batch = BatchBuf::new();
         for (user, frame) in &fs {
-            batch.push(Addr::User(user), frame);
+            batch.push(Target::User(user.as_str()), frame);
         }
         let bytes = batch.finish();
         g.bench_with_input(BenchmarkId::new("decode", n), &bytes, |b, bytes| {

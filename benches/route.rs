@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chatgate::delivery::Target;
 use chatgate::hub::{Conn, Hub};
 use chatgate::outbox::Outbox;
 use chatgate::protocol::encode::{self, MessageKind};
@@ -64,7 +65,11 @@ fn route_once(c: &mut Criterion) {
                     seq += 1;
                     let mid = MessageId { incarnation: 7, conn: sender.id, seq };
                     let msg = encode::message(MessageKind::Once, &sender.user, &to, content, &mid, 1_764_230_400_123);
-                    let status = if hub.deliver_user(&to, &msg) > 0 { AckStatus::Sent } else { AckStatus::Offline };
+                    let status = if hub.deliver(Target::User(&to), &msg, None) > 0 {
+                        AckStatus::Sent
+                    } else {
+                        AckStatus::Offline
+                    };
                     let _ = sender.outbox.push(encode::ack(frame.id, &mid, status));
                 },
                 || {
@@ -101,7 +106,7 @@ fn fanout(c: &mut Criterion) {
                         seq += 1;
                         let mid = MessageId { incarnation: 7, conn: 1, seq };
                         let frame = encode::message(MessageKind::Group, "1", "room", content, &mid, 1_764_230_400_123);
-                        black_box(hub.deliver_group("room", &frame, 1));
+                        black_box(hub.deliver(Target::Group("room"), &frame, Some(1)));
                     },
                     || {
                         for c in &conns {

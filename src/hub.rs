@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
+use crate::delivery::Target;
 use crate::outbox::Outbox;
 
 type Map<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
@@ -95,18 +96,19 @@ impl Hub {
         remove(&mut self.shard(group).write().groups, group, conn.id);
     }
 
-    /// Pushes `frame` to every local connection of `user`; returns how many took it.
+    /// Pushes `frame` to every local connection of the target (but connection `exclude`,
+    /// a group message's sender); returns how many took it.
     #[inline]
-    pub fn deliver_user(&self, user: &str, frame: &Bytes) -> usize {
-        let maps = self.shard(user).read();
-        maps.users.get(user).map_or(0, |conns| push_all(conns, frame, u64::MAX))
-    }
-
-    /// Pushes `frame` to every local member of `group` except connection `exclude`.
-    #[inline]
-    pub fn deliver_group(&self, group: &str, frame: &Bytes, exclude: u64) -> usize {
-        let maps = self.shard(group).read();
-        maps.groups.get(group).map_or(0, |conns| push_all(conns, frame, exclude))
+    pub fn deliver(&self, to: Target<&str>, frame: &Bytes, exclude: Option<u64>) -> usize {
+        let exclude = exclude.unwrap_or(u64::MAX);
+        match to {
+            Target::User(user) => {
+                self.shard(user).read().users.get(user).map_or(0, |conns| push_all(conns, frame, exclude))
+            }
+            Target::Group(group) => {
+                self.shard(group).read().groups.get(group).map_or(0, |conns| push_all(conns, frame, exclude))
+            }
+        }
     }
 
     /// The local connections of `user`.
@@ -192,11 +194,11 @@ mod tests {
             hub.add_user(c);
         }
         let f = Bytes::from_static(b"x");
-        assert_eq!(hub.deliver_user("a", &f), 2);
-        assert_eq!(hub.deliver_user("nobody", &f), 0);
+        assert_eq!(hub.deliver(Target::User("a"), &f, None), 2);
+        assert_eq!(hub.deliver(Target::User("nobody"), &f, None), 0);
         hub.join("g", &a1);
         hub.join("g", &b);
-        assert_eq!(hub.deliver_group("g", &f, a1.id), 1, "sender connection excluded");
+        assert_eq!(hub.deliver(Target::Group("g"), &f, Some(a1.id)), 1, "sender connection excluded");
         assert_eq!((drained(&a1), drained(&a2), drained(&b)), (1, 1, 1));
         hub.leave("g", &b);
         assert_eq!(hub.group_connections("g"), 1);

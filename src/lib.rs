@@ -1,34 +1,40 @@
 //! chatgate: a real-time chat gateway.
 //!
-//! Clients hold WebSocket connections to any node; nodes route through a [`backend::Broker`]
-//! and share cluster state through a [`backend::Presence`]. With no RabbitMQ or Redis
-//! configured the in-memory backends make one process a complete chat server.
+//! Clients hold WebSocket connections to any node. The router delivers each message to this
+//! node's recipients and hands the rest to a [`backend::Broker`]; nodes share cluster state
+//! through a [`backend::Presence`]. With no RabbitMQ or Redis configured the in-memory
+//! backends make one process a complete chat server.
 //!
 //! # Layout
 //!
+//! Modules, from the socket inwards (each only uses those below it):
+//!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | environment variables, validated once; the `--help` table |
 //! | [`server`] | accept loop, hyper http1 connections, graceful shutdown |
-//! | [`http`] | plain HTTP endpoints and the WebSocket handshake |
+//! | [`http`] | plain HTTP endpoints (`api`) and the WebSocket handshake (`upgrade`) |
 //! | [`auth`] | handshake checks: allowed origins, JWT identity |
-//! | [`session`] | one WebSocket connection: read loop, requests, heartbeat, rate limit |
+//! | [`session`] | one WebSocket connection: read loop, requests, rate limit, close |
 //! | [`writer`] | one connection's writer task: drain the outbox, `writev`, close |
-//! | [`outbox`] | bounded per-connection frame queue; slow-consumer detection |
+//! | [`node`] | a node's parts and life cycle (`start`, drain, `release`); heartbeat and presence upkeep loops |
+//! | [`router`] | the one delivery path: local recipients through the hub, the rest to the dispatcher |
+//! | [`dispatch`] | dispatcher shards: presence lookups, per-node batches, confirm windows; the inter-node batch codec |
+//! | [`delivery`] | `Target` (a user or a group), who gets the ack, and the ack rule |
 //! | [`hub`] | sharded registry of this node's connections by user and group |
-//! | [`router`] | where each encoded frame goes: local hub, or a dispatcher in a cluster |
-//! | [`cluster`] | dispatcher shards, inter-node batches, presence maintenance loop |
-//! | [`node`] | a node: config, hub, router, backends, life cycle |
+//! | [`outbox`] | bounded per-connection frame queue; slow-consumer detection |
+//! | [`backend`] | `Presence` and `Broker` traits; in-memory, Redis and RabbitMQ implementations; the reconnect policy |
+//! | [`tasks`] | the tracker and stop signal every background task runs under |
 //! | [`protocol`] | the wire contract: pure parse, encode-once frames, WebSocket framing |
 //! | [`ratelimit`] | per-connection token bucket |
-//! | [`backend`] | `Presence` and `Broker` traits; in-memory, Redis and RabbitMQ implementations |
+//! | [`config`] | settings (clap: flags and environment), validated once |
 //! | [`logging`] | tracing subscriber set-up |
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod backend;
-pub mod cluster;
 pub mod config;
+pub mod delivery;
+pub mod dispatch;
 pub mod http;
 pub mod hub;
 pub mod logging;
@@ -39,6 +45,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tasks;
 pub mod writer;
 
 pub use config::Config;

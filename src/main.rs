@@ -1,39 +1,25 @@
-//! The `chatgate` binary: configuration from the environment, logging, signals.
+//! The `chatgate` binary: configuration from flags and the environment, logging, signals.
+//!
+//! Exit codes: 0 after a clean shutdown (or `--help`, `--version`); 64 for an invalid
+//! setting; 1 when the process cannot serve (the listen address is in use or not
+//! permitted, the runtime cannot start).
 
 use std::process::ExitCode;
 
+use chatgate::config::EXIT_CONFIG;
 use chatgate::{Backends, Config, Node};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-/// `EX_USAGE` from sysexits.h: bad configuration.
-const EXIT_CONFIG: u8 = 64;
-
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            print!("{}", chatgate::config::help());
-            return ExitCode::SUCCESS;
-        }
-        Some("-V" | "--version") => {
-            println!("chatgate {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!("chatgate: unknown argument {other:?}; configuration is by environment (see --help)");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    }
-    let config = match Config::from_env() {
+    let config = match Config::load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("chatgate: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
         }
     };
-    chatgate::logging::init(config.log_format);
+    chatgate::logging::init(config.log_format, &config.log_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
     {
         Ok(rt) => rt,
@@ -57,11 +43,11 @@ async fn serve(config: Config) -> ExitCode {
     let backends = match Backends::from_config(&config) {
         Ok(b) => b,
         Err(e) => {
-            error!(error = %e, "cannot set up backends");
+            error!(error = %chatgate::backend::chain(&e), "cannot set up backends");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mode = if config.cluster.is_some() { "cluster" } else { "embedded" };
+    let mode = if config.is_cluster() { "cluster" } else { "embedded" };
     info!(%addr, node = %config.node_id, mode, "listening");
     let node = Node::new(config, backends);
     chatgate::server::run(listener, node, shutdown_signal()).await;

@@ -1,131 +1,101 @@
-//! Routing of encoded frames to their recipients.
+//! The one delivery path.
 //!
-//! The session hands every `once`/`group` message and presence event here, already encoded.
-//! On a single node everything is local: the frame is pushed to the recipients' outboxes
-//! and the sender's `ack` is queued at once. In a cluster the frame goes to a dispatcher
-//! shard (see [`crate::cluster`]), which finds the recipients' nodes and acks once every
-//! node holding a recipient has it. Sessions call the same three methods either way.
+//! Every `once`/`group` message and presence event comes here already encoded. The router
+//! pushes it to this node's recipients through the [`Hub`] at once and hands the rest of
+//! the cluster to the [`Dispatch`]er, which finds the other nodes holding recipients and
+//! publishes to them. A single node is a cluster whose broker reaches no other node: it has
+//! no dispatcher, and every message is settled on the spot. Either way the sender's `ack`
+//! follows the one rule in [`crate::delivery::decide`].
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::backend::{BackendError, Target};
-use crate::cluster::{Ack, Cluster, Job};
-use crate::hub::{Conn, Hub};
-use crate::protocol::{AckStatus, MessageId, encode};
+use crate::backend::BackendError;
+use crate::delivery::{Ack, AckTo, Target, decide};
+use crate::dispatch::{Dispatch, Job};
+use crate::hub::Hub;
+use crate::protocol::{AckStatus, encode};
+use crate::tasks::Tasks;
+use std::sync::Arc;
 
-/// Where a message goes.
-#[derive(Debug, Clone, Copy)]
-pub enum Dest<'a> {
-    /// Every connection of this user.
-    User(&'a str),
-    /// Every member connection of this group but the sender's.
-    Group(&'a str),
-}
-
-impl Dest<'_> {
-    fn target(self) -> Target {
-        match self {
-            Dest::User(u) => Target::User(u.into()),
-            Dest::Group(g) => Target::Group(g.into()),
-        }
-    }
-}
-
-/// Who gets the `ack` for a message, and what it says.
-#[derive(Debug, Clone, Copy)]
-pub struct AckTo<'a> {
-    pub conn: &'a Arc<Conn>,
-    /// The client's raw id token, echoed.
-    pub id: Option<&'a str>,
-    pub mid: MessageId,
-}
-
-/// Routes frames to their recipients, here or on other nodes.
+/// Routes frames to their recipients, here and on other nodes.
 #[derive(Debug)]
 pub struct Router {
     hub: Arc<Hub>,
-    cluster: Option<Arc<Cluster>>,
+    /// `None` when no other node can be reached: everything is settled here.
+    remote: Option<Dispatch>,
     hasher: foldhash::fast::FixedState,
 }
 
 impl Router {
-    pub fn new(hub: Arc<Hub>, cluster: Option<Arc<Cluster>>) -> Self {
-        Router { hub, cluster, hasher: Default::default() }
+    pub fn new(hub: Arc<Hub>, remote: Option<Dispatch>) -> Self {
+        Router { hub, remote, hasher: Default::default() }
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
+    /// Spawns the dispatchers, if any.
+    pub fn start(&self, tasks: &Tasks) {
+        if let Some(remote) = &self.remote {
+            remote.start(tasks);
+        }
+    }
+
+    /// Waits until everything queued for other nodes has been handed to the broker.
+    pub async fn flush(&self) {
+        if let Some(remote) = &self.remote {
+            remote.flush().await;
+        }
     }
 
     /// Routes a client's message and, once routed, queues its `ack` on the sender's
-    /// connection.
-    pub fn send(&self, dest: Dest<'_>, frame: &Bytes, ack: AckTo<'_>) {
-        if let Some(cluster) = &self.cluster {
-            let group = matches!(dest, Dest::Group(_));
-            let job = Job {
-                target: dest.target(),
-                frame: frame.clone(),
-                exclude: if group { ack.conn.id } else { u64::MAX },
-                ack: Ack::Conn { conn: ack.conn.clone(), id: ack.id.map(Into::into), mid: ack.mid },
-                group_sent: group,
-            };
+    /// connection. A group message skips the sending connection.
+    pub fn send(&self, to: Target<&str>, frame: &Bytes, ack: AckTo<'_>) {
+        let exclude = to.is_group().then_some(ack.conn.id);
+        let delivered = self.hub.deliver(to, frame, exclude) > 0;
+        // The sender of a group message is a member: the group has a live connection.
+        let undelivered = if to.is_group() { AckStatus::Sent } else { AckStatus::Offline };
+        match &self.remote {
+            None => ack.answer(decide(delivered, undelivered, None)),
             // One shard per sender connection keeps its messages in order.
-            cluster.submit(ack.conn.id, job);
-            return;
+            Some(remote) => remote.submit(
+                ack.conn.id,
+                Job { target: to.to_owned(), frame: frame.clone(), ack: ack.to_owned(), delivered, undelivered },
+            ),
         }
-        let status = match dest {
-            Dest::User(user) if self.hub.deliver_user(user, frame) > 0 => AckStatus::Sent,
-            Dest::User(_) => AckStatus::Offline,
-            Dest::Group(group) => {
-                self.hub.deliver_group(group, frame, ack.conn.id);
-                // The sender is a member, so the group has a live connection on this node.
-                AckStatus::Sent
-            }
-        };
-        let _ = ack.conn.outbox.push(encode::ack(ack.id, &ack.mid, status));
     }
 
-    /// Routes a message that has no connection to ack (`POST /api/publish`). `Offline` when
+    /// Routes a message that has no connection to ack (`POST /api/publish`): `offline` when
     /// no connection took it (for a group: no member is online).
-    pub async fn publish(&self, dest: Dest<'_>, frame: &Bytes) -> Result<AckStatus, BackendError> {
-        if let Some(cluster) = &self.cluster {
-            let (tx, rx) = oneshot::channel();
-            let job = Job {
-                target: dest.target(),
-                frame: frame.clone(),
-                exclude: u64::MAX,
-                ack: Ack::Reply(tx),
-                group_sent: false,
-            };
-            cluster.submit(fastrand::u64(..), job);
-            return rx.await.unwrap_or_else(|_| Err(BackendError::Broker("router stopped".into())));
-        }
-        let n = match dest {
-            Dest::User(user) => self.hub.deliver_user(user, frame),
-            Dest::Group(group) => self.hub.deliver_group(group, frame, u64::MAX),
+    pub async fn publish(&self, to: Target<&str>, frame: &Bytes) -> Result<AckStatus, BackendError> {
+        let delivered = self.hub.deliver(to, frame, None) > 0;
+        let Some(remote) = &self.remote else { return decide(delivered, AckStatus::Offline, None) };
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            target: to.to_owned(),
+            frame: frame.clone(),
+            ack: Ack::Reply(tx),
+            delivered,
+            undelivered: AckStatus::Offline,
         };
-        Ok(if n > 0 { AckStatus::Sent } else { AckStatus::Offline })
+        remote.submit(fastrand::u64(..), job);
+        rx.await.unwrap_or_else(|_| Err(BackendError::broker("router stopped")))
     }
 
     /// Tells `group`'s members, on every node, that `user` joined or left it.
     pub fn presence(&self, group: &str, user: &str, join: bool) {
         let frame = encode::presence(group, user, join);
-        if let Some(cluster) = &self.cluster {
-            // Events of one group share a shard, so a join is never overtaken by its leave.
+        self.hub.deliver(Target::Group(group), &frame, None);
+        if let Some(remote) = &self.remote {
             let job = Job {
                 target: Target::Group(group.into()),
                 frame,
-                exclude: u64::MAX,
                 ack: Ack::None,
-                group_sent: false,
+                delivered: true,
+                undelivered: AckStatus::Sent,
             };
-            cluster.submit(self.hasher.hash_one(group), job);
-            return;
+            // Events of one group share a shard, so a join is never overtaken by its leave.
+            remote.submit(self.hasher.hash_one(group), job);
         }
-        self.hub.deliver_group(group, &frame, u64::MAX);
     }
 }

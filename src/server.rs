@@ -3,7 +3,7 @@
 //! `run(listener, node, shutdown)` serves until `shutdown` resolves: tests pass a oneshot,
 //! `main` passes SIGTERM/SIGINT. Then it stops accepting, lets hyper finish in-flight HTTP
 //! requests, closes every WebSocket with 1001 after its queued frames, releases presence,
-//! and returns, all within `CHAT_SHUTDOWN_GRACE_MS`.
+//! stops the node's background tasks and returns, all within `CHAT_SHUTDOWN_GRACE_MS`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backend::chain;
 use crate::node::Node;
 
 /// Slow-loris guard: time allowed to send a request's headers.
@@ -28,6 +29,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// upgrades are refused with 503, so a load balancer sees the node leave instead of
 /// connection errors.
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    node.start();
     let (http_stop_tx, http_stop_rx) = watch::channel(());
     let http_conns = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
@@ -88,14 +90,13 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
     http_conns.close();
     let budget = release_budget(node.config.shutdown_grace);
     let release = async {
-        match node.release().await {
-            Ok(()) => {}
-            Err(e) => warn!(error = %e, "could not release presence"),
+        if let Err(e) = node.release().await {
+            warn!(error = %chain(&e), "could not release presence");
         }
     };
     let finish = async { tokio::join!(release, http_conns.wait()) };
     if tokio::time::timeout(budget, finish).await.is_err() {
-        warn!("releasing presence or closing HTTP connections timed out");
+        warn!(tasks = node.background_tasks(), "releasing backends or closing HTTP connections timed out");
     }
     info!("shutdown complete");
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chatgate::backend::memory::MemoryPresence;
+use chatgate::backend::memory::{MemoryBroker, MemoryPresence};
 use chatgate::backend::{BackendError, BoxFuture, Maintenance, Presence, Target};
 use chatgate::{Backends, Config};
 use common::*;
@@ -121,7 +121,7 @@ impl Flaky {
         f: BoxFuture<'a, Result<T, BackendError>>,
     ) -> BoxFuture<'a, Result<T, BackendError>> {
         if self.down.load(Ordering::Relaxed) {
-            Box::pin(std::future::ready(Err(BackendError::Presence("test outage".into()))))
+            Box::pin(std::future::ready(Err(BackendError::presence("test outage"))))
         } else {
             f
         }
@@ -166,6 +166,9 @@ impl Presence for Flaky {
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         self.inner.release_node()
     }
+    fn upkeep_period(&self) -> Option<std::time::Duration> {
+        self.inner.upkeep_period()
+    }
     fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>> {
         self.inner.maintain()
     }
@@ -176,7 +179,11 @@ async fn presence_outage_answers_unavailable_and_readyz_503() {
     let down = Arc::new(AtomicBool::new(false));
     let config = Config::for_tests();
     let presence = Flaky { inner: MemoryPresence::standalone(config.node_id.clone()), down: down.clone() };
-    let gw = Gateway::start_node(config, Backends { presence: Arc::new(presence), broker: None, incarnation: 1 }).await;
+    let gw = Gateway::start_node(
+        config,
+        Backends { presence: Arc::new(presence), broker: Arc::new(MemoryBroker::solo()), incarnation: 1 },
+    )
+    .await;
     let mut a = gw.client().await;
     a.join("g").await;
     down.store(true, Ordering::Relaxed);

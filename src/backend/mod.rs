@@ -4,20 +4,29 @@
 //!   the node-location lookups routing needs.
 //! * [`Broker`]: moves encoded batches of frames between nodes.
 //!
-//! Each has an in-memory implementation ([`memory`]), the embedded default that makes a
-//! single binary a complete chat server, and a cluster one (Redis, RabbitMQ). The session
-//! and router code only ever see the traits.
+//! Each has an in-memory implementation ([`memory`]): standalone it is the embedded default
+//! that makes a single binary a complete chat server; shared by several nodes in one process
+//! it is a whole cluster for tests. The cluster implementations are Redis ([`redis`]) and
+//! RabbitMQ ([`amqp`]). Nothing above this module sees which one runs.
+//!
+//! Implementations spawn nothing when built: background loops start in `start`, on the
+//! node's [`Tasks`], and end when it signals stop.
 
 pub mod amqp;
 pub mod memory;
 pub mod redis;
-mod scripts;
+pub mod retry;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+
+pub use crate::delivery::Target;
+use crate::tasks::Tasks;
 
 /// A boxed, sendable future: the traits are used as `dyn` so the backend is chosen at
 /// start-up without making every caller generic. Calls are per connect/join/batch, never
@@ -25,21 +34,57 @@ use bytes::Bytes;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A backend could not do what was asked. Maps to the `unavailable` error code.
+///
+/// The `Display` text is what a client may see (`not sent: broker unavailable`); the cause
+/// is kept as the error's `source` for logs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
+    /// Redis could not be reached, or failed the command.
+    #[error("presence store unavailable")]
+    Redis(#[source] Arc<::redis::RedisError>),
+    /// The presence store is not usable for another reason (not ready yet, odd reply).
     #[error("presence store unavailable: {0}")]
-    Presence(String),
+    Presence(Cow<'static, str>),
+    /// RabbitMQ could not be reached, or failed the request.
+    #[error("broker unavailable")]
+    Amqp(#[source] Arc<lapin::Error>),
+    /// The broker path is not usable for another reason (queue full, outage bound passed).
     #[error("broker unavailable: {0}")]
-    Broker(String),
+    Broker(Cow<'static, str>),
 }
 
-/// What a routing lookup is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// Every connection of a user.
-    User(Box<str>),
-    /// Every member connection of a group.
-    Group(Box<str>),
+impl BackendError {
+    pub fn presence(why: impl Into<Cow<'static, str>>) -> Self {
+        BackendError::Presence(why.into())
+    }
+
+    pub fn broker(why: impl Into<Cow<'static, str>>) -> Self {
+        BackendError::Broker(why.into())
+    }
+}
+
+impl From<::redis::RedisError> for BackendError {
+    fn from(e: ::redis::RedisError) -> Self {
+        BackendError::Redis(Arc::new(e))
+    }
+}
+
+impl From<lapin::Error> for BackendError {
+    fn from(e: lapin::Error) -> Self {
+        BackendError::Amqp(Arc::new(e))
+    }
+}
+
+/// `error` and its sources, `: `-separated, for logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 /// Cluster state shared by all nodes.
@@ -47,6 +92,9 @@ pub enum Target {
 /// Counts are per connection: a user with two connections in a group is one member, who
 /// "joins" when the first connection joins and "leaves" when the last one leaves.
 pub trait Presence: Send + Sync + 'static {
+    /// Spawns the backend's own loops (the Redis pipelined writer) on `tasks`.
+    fn start(&self, _tasks: &Tasks) {}
+
     /// Reserves the smallest free positive integer as an anonymous user id, cluster-wide.
     fn allocate_id(&self) -> BoxFuture<'_, Result<u64, BackendError>>;
 
@@ -91,9 +139,12 @@ pub trait Presence: Send + Sync + 'static {
     /// Removes everything this node registered (graceful shutdown).
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Periodic upkeep, every third of the node lease: refresh this node's lease, bring the
-    /// store back in line with this node's connections after an outage, and sweep nodes
-    /// whose lease expired.
+    /// How often [`maintain`](Self::maintain) must run (a third of the node lease), or
+    /// `None` when there is nothing to maintain (a standalone node).
+    fn upkeep_period(&self) -> Option<Duration>;
+
+    /// Periodic upkeep: refresh this node's lease, bring the store back in line with this
+    /// node's connections after an outage, and sweep nodes whose lease expired.
     fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>>;
 }
 
@@ -116,16 +167,22 @@ pub struct Maintenance {
 /// Where a node's consumer hands each batch it receives, in order.
 pub type Inbox = Arc<dyn Fn(Bytes) + Send + Sync>;
 
-/// Moves batches between nodes. A batch is opaque bytes (see `cluster::batch`).
+/// Moves batches between nodes. A batch is opaque bytes (see `dispatch::batch`).
 pub trait Broker: Send + Sync + 'static {
+    /// `true` when no other node can be reached through this broker (the embedded,
+    /// standalone one): the router then settles every message locally.
+    fn is_solo(&self) -> bool {
+        false
+    }
+
+    /// Spawns the publisher and starts consuming this node's batches into `inbox`.
+    fn start(&self, inbox: Inbox, tasks: &Tasks);
+
     /// Queues one batch for `node` before returning (so batches leave in call order) and
     /// returns a future that resolves once the broker has taken responsibility for it
     /// (publisher confirm): only then may the messages in it be acked `sent`. `Ok(false)`:
     /// the broker has no queue for that node (it is gone), nothing was delivered there.
     fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<bool, BackendError>>;
-
-    /// Starts consuming this node's batches into `inbox`.
-    fn start(&self, inbox: Inbox);
 
     /// Deletes what the broker holds for a dead node (its queue).
     fn remove_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, ()>;
@@ -141,4 +198,18 @@ pub trait Broker: Send + Sync + 'static {
 /// come out in numeric order.
 pub fn sort_users(users: &mut [String]) {
     users.sort_unstable_by(|a, b| (a.len(), a.as_str()).cmp(&(b.len(), b.as_str())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_source() {
+        let io = ::redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        let e = BackendError::from(io);
+        assert_eq!(e.to_string(), "presence store unavailable", "what a client sees");
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(chain(&e).contains("refused"), "{}", chain(&e));
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod inprocess;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

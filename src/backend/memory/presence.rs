@@ -1,129 +1,11 @@
-//! In-process backends: the embedded default.
-//!
-//! [`MemoryPresence`] keeps the same per-connection counts the Redis implementation keeps,
-//! so id reuse, presence events and `members` behave identically on one node. Several
-//! nodes in one process can share one [`MemoryCluster`] (tests do).
+//! [`MemoryPresence`]: one node's view of a [`MemoryCluster`].
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use tokio::time::Instant;
 
-use super::{BackendError, BoxFuture, Maintenance, Presence, Target, sort_users};
-
-/// Cluster state shared by the in-process nodes.
-#[derive(Debug, Default)]
-pub struct MemoryCluster {
-    state: Mutex<State>,
-}
-
-/// Connections per node. Almost always one or two nodes: a short vector, with node ids
-/// shared (`Arc<str>`), keeps an online user to a few dozen bytes.
-type PerNode = Vec<(Arc<str>, u32)>;
-
-#[derive(Debug, Default)]
-struct State {
-    /// Smallest-free-id allocator: every id below `next` not in `free` is in use.
-    next: u64,
-    free: BTreeSet<u64>,
-    /// Ids handed out by the allocator (only these are freed on last disconnect).
-    allocated: BTreeSet<u64>,
-    /// user → connections per node.
-    users: HashMap<Box<str>, PerNode>,
-    /// group → user → connections.
-    groups: HashMap<Box<str>, HashMap<Box<str>, u32>>,
-    /// group → member connections per node.
-    group_nodes: HashMap<Box<str>, PerNode>,
-    /// node → "group\0user" → member connections (what a departing node takes with it).
-    node_members: HashMap<Arc<str>, HashMap<Box<str>, u32>>,
-}
-
-impl State {
-    fn allocate(&mut self) -> u64 {
-        let id = match self.free.pop_first() {
-            Some(id) => id,
-            None => {
-                self.next = self.next.max(1);
-                let id = self.next;
-                self.next += 1;
-                id
-            }
-        };
-        self.allocated.insert(id);
-        id
-    }
-
-    fn release(&mut self, id: u64) {
-        if !self.allocated.remove(&id) {
-            return;
-        }
-        if id + 1 == self.next {
-            self.next = id;
-            // Trailing free ids fold back into `next` so `free` stays small.
-            while self.next > 1 && self.free.remove(&(self.next - 1)) {
-                self.next -= 1;
-            }
-        } else {
-            self.free.insert(id);
-        }
-    }
-
-    /// Applies one connection of `user` on `node` joining (`+1`) or leaving (`-1`) `group`;
-    /// returns the user's remaining connection count in the group.
-    fn member(&mut self, node: &Arc<str>, user: &str, group: &str, delta: i64) -> u32 {
-        bump_node(&mut self.group_nodes, group, node, delta);
-        let members = self.node_members.entry(node.clone()).or_default();
-        bump(members, &format!("{group}\0{user}"), delta);
-        if members.is_empty() {
-            self.node_members.remove(node);
-        }
-        let users = self.groups.entry(group.into()).or_default();
-        let n = bump(users, user, delta);
-        if users.is_empty() {
-            self.groups.remove(group);
-        }
-        n
-    }
-
-    /// Frees `user`'s anonymous id once no node has a connection of it.
-    fn settle(&mut self, user: &str) {
-        if let (false, Ok(id)) = (self.users.contains_key(user), user.parse::<u64>()) {
-            self.release(id);
-        }
-    }
-}
-
-/// Adds `delta` to a count, removing it at zero. Returns the new count.
-fn bump(map: &mut HashMap<Box<str>, u32>, key: &str, delta: i64) -> u32 {
-    let count = map.entry(key.into()).or_default();
-    let new = (i64::from(*count) + delta).max(0) as u32;
-    *count = new;
-    if new == 0 {
-        map.remove(key);
-    }
-    new
-}
-
-/// Adds `delta` to `key`'s count on `node`, removing empty entries. Returns the new count.
-fn bump_node(map: &mut HashMap<Box<str>, PerNode>, key: &str, node: &Arc<str>, delta: i64) -> u32 {
-    let nodes = map.entry(key.into()).or_default();
-    let i = match nodes.iter().position(|(n, _)| n == node) {
-        Some(i) => i,
-        None => {
-            nodes.push((node.clone(), 0));
-            nodes.len() - 1
-        }
-    };
-    let new = (i64::from(nodes[i].1) + delta).max(0) as u32;
-    nodes[i].1 = new;
-    if new == 0 {
-        nodes.swap_remove(i);
-        if nodes.is_empty() {
-            map.remove(key);
-        }
-    }
-    new
-}
+use super::{MemoryCluster, PerNode, bump_node};
+use crate::backend::{BackendError, BoxFuture, Maintenance, Presence, Target, sort_users};
 
 /// This node's view of a [`MemoryCluster`].
 #[derive(Debug, Clone)]
@@ -222,31 +104,29 @@ impl Presence for MemoryPresence {
     }
 
     fn release_node(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        let mut st = self.cluster.state.lock();
-        let node = &self.node;
-        let mut gone = Vec::new();
-        for (user, nodes) in st.users.iter_mut() {
-            nodes.retain(|(n, _)| n != node);
-            if nodes.is_empty() {
-                gone.push(user.clone());
-            }
-        }
-        for user in gone {
-            st.users.remove(&user);
-            st.settle(&user);
-        }
-        for (key, count) in st.node_members.remove(node).unwrap_or_default() {
-            if let Some((group, user)) = key.split_once('\0') {
-                st.member(node, user, group, -i64::from(count));
-            }
-        }
-        st.node_members.remove(node);
+        self.cluster.state.lock().remove_node(&self.node);
         Self::now(())
     }
 
-    /// In-process state has no leases to refresh and no outages to recover from.
+    fn upkeep_period(&self) -> Option<std::time::Duration> {
+        self.cluster.lease.map(|lease| lease / 3)
+    }
+
+    /// Refreshes this node's lease and sweeps the nodes whose lease ran out (in-process
+    /// state has no outages to recover from).
     fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>> {
-        Self::now(Maintenance::default())
+        let Some(lease) = self.cluster.lease else { return Self::now(Maintenance::default()) };
+        let now = Instant::now();
+        let mut st = self.cluster.state.lock();
+        st.leases.insert(self.node.clone(), now + lease);
+        let dead: Vec<Arc<str>> =
+            st.leases.iter().filter(|(_, until)| **until <= now).map(|(n, _)| n.clone()).collect();
+        let mut m = Maintenance::default();
+        for node in dead {
+            m.left.extend(st.remove_node(&node));
+            m.swept.push(node.to_string());
+        }
+        Self::now(m)
     }
 }
 
@@ -317,5 +197,35 @@ mod tests {
         b.release_node().await.unwrap();
         assert_eq!(a.online_count().await.unwrap(), 1);
         assert_eq!(connect_anon(&a).await, "2", "b's user id is free again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_stops_renewing_its_lease_is_swept() {
+        let lease = std::time::Duration::from_secs(3);
+        let cluster = MemoryCluster::with_lease(lease);
+        let a = MemoryPresence::new(cluster.clone(), "a");
+        let b = MemoryPresence::new(cluster.clone(), "b");
+        assert_eq!(a.upkeep_period(), Some(lease / 3));
+        a.maintain().await.unwrap();
+        b.maintain().await.unwrap();
+        let (ua, ub) = (connect_anon(&a).await, connect_anon(&b).await);
+        a.join(&ua, "g").await.unwrap();
+        b.join(&ub, "g").await.unwrap();
+        b.join(&ub, "h").await.unwrap();
+        // `a` keeps renewing; `b` has crashed.
+        for _ in 0..2 {
+            tokio::time::advance(lease / 3).await;
+            let m = a.maintain().await.unwrap();
+            assert!(m.swept.is_empty(), "not before the lease runs out");
+        }
+        tokio::time::advance(lease / 3 + std::time::Duration::from_millis(1)).await;
+        let mut m = a.maintain().await.unwrap();
+        m.left.sort();
+        assert_eq!(m.swept, ["b"]);
+        assert_eq!(m.left, [("g".into(), ub.as_str().into()), ("h".into(), ub.as_str().into())]);
+        assert_eq!(a.members("g").await.unwrap(), std::slice::from_ref(&ua));
+        assert_eq!(a.online_count().await.unwrap(), 1);
+        assert_eq!(connect_anon(&a).await, ub, "the swept node's id is free again");
+        assert!(a.maintain().await.unwrap().swept.is_empty(), "swept once");
     }
 }

@@ -13,18 +13,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::delivery::Target;
 use crate::protocol::is_valid_name;
 
 const VERSION: u8 = 1;
 const KIND_USER: u8 = 1;
 const KIND_GROUP: u8 = 2;
-
-/// What an entry is addressed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Addr<'a> {
-    User(&'a str),
-    Group(&'a str),
-}
 
 /// Builds one batch.
 #[derive(Debug)]
@@ -47,20 +41,17 @@ impl BatchBuf {
     }
 
     /// Bytes an entry for `addr` and `frame` adds.
-    pub fn entry_len(addr: Addr<'_>, frame: &[u8]) -> usize {
-        let target = match addr {
-            Addr::User(t) | Addr::Group(t) => t,
-        };
-        2 + target.len() + 4 + frame.len()
+    pub fn entry_len(to: Target<&str>, frame: &[u8]) -> usize {
+        2 + to.name().len() + 4 + frame.len()
     }
 
-    pub fn push(&mut self, addr: Addr<'_>, frame: &[u8]) {
-        let (kind, target) = match addr {
-            Addr::User(t) => (KIND_USER, t),
-            Addr::Group(t) => (KIND_GROUP, t),
+    pub fn push(&mut self, to: Target<&str>, frame: &[u8]) {
+        let (kind, target) = match to {
+            Target::User(t) => (KIND_USER, t),
+            Target::Group(t) => (KIND_GROUP, t),
         };
         debug_assert!(target.len() <= u8::MAX as usize);
-        self.buf.reserve(Self::entry_len(addr, frame));
+        self.buf.reserve(Self::entry_len(to, frame));
         self.buf.put_u8(kind);
         self.buf.put_u8(target.len() as u8);
         self.buf.put_slice(target.as_bytes());
@@ -95,7 +86,7 @@ pub struct BatchError {
 }
 
 /// Iterates a batch's entries; frames are zero-copy slices of `batch`.
-pub fn decode(batch: &Bytes) -> impl Iterator<Item = Result<(Addr<'_>, Bytes), BatchError>> + '_ {
+pub fn decode(batch: &Bytes) -> impl Iterator<Item = Result<(Target<&str>, Bytes), BatchError>> + '_ {
     let mut pos = 1usize;
     let mut failed = false;
     let version_ok = batch.first() == Some(&VERSION);
@@ -113,7 +104,7 @@ pub fn decode(batch: &Bytes) -> impl Iterator<Item = Result<(Addr<'_>, Bytes), B
     })
 }
 
-fn entry<'a>(batch: &'a Bytes, pos: &mut usize) -> Result<(Addr<'a>, Bytes), BatchError> {
+fn entry<'a>(batch: &'a Bytes, pos: &mut usize) -> Result<(Target<&'a str>, Bytes), BatchError> {
     let b = &batch[..];
     let at = *pos;
     let err = |what| BatchError { at, what };
@@ -130,8 +121,8 @@ fn entry<'a>(batch: &'a Bytes, pos: &mut usize) -> Result<(Addr<'a>, Bytes), Bat
         return Err(err("truncated frame"));
     }
     let addr = match kind {
-        KIND_USER => Addr::User(target),
-        KIND_GROUP => Addr::Group(target),
+        KIND_USER => Target::User(target),
+        KIND_GROUP => Target::Group(target),
         _ => return Err(err("unknown kind")),
     };
     *pos = f_end;
@@ -145,19 +136,19 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut b = BatchBuf::new();
-        b.push(Addr::User("42"), b"\x81\x02hi");
-        b.push(Addr::Group("room.1"), &vec![7u8; 70_000]);
-        b.push(Addr::User(&"u".repeat(128)), b"");
+        b.push(Target::User("42"), b"\x81\x02hi");
+        b.push(Target::Group("room.1"), &vec![7u8; 70_000]);
+        b.push(Target::User(&"u".repeat(128)), b"");
         assert_eq!(b.entries(), 3);
         let expected_len = 1
-            + BatchBuf::entry_len(Addr::User("42"), b"\x81\x02hi")
-            + BatchBuf::entry_len(Addr::Group("room.1"), &[0; 70_000])
-            + BatchBuf::entry_len(Addr::User(&"u".repeat(128)), b"");
+            + BatchBuf::entry_len(Target::User("42"), b"\x81\x02hi")
+            + BatchBuf::entry_len(Target::Group("room.1"), &[0; 70_000])
+            + BatchBuf::entry_len(Target::User(&"u".repeat(128)), b"");
         assert_eq!(b.len(), expected_len);
         let bytes = b.finish();
         let got: Vec<_> = decode(&bytes).collect::<Result<_, _>>().unwrap();
-        assert_eq!(got[0], (Addr::User("42"), Bytes::from_static(b"\x81\x02hi")));
-        assert_eq!(got[1].0, Addr::Group("room.1"));
+        assert_eq!(got[0], (Target::User("42"), Bytes::from_static(b"\x81\x02hi")));
+        assert_eq!(got[1].0, Target::Group("room.1"));
         assert_eq!(got[1].1.len(), 70_000);
         assert_eq!(got[2].1.len(), 0);
     }
@@ -165,7 +156,7 @@ mod tests {
     #[test]
     fn malformed_batches_are_errors_not_panics() {
         let mut b = BatchBuf::new();
-        b.push(Addr::User("1"), b"abcdef");
+        b.push(Target::User("1"), b"abcdef");
         let good = b.finish();
         for cut in 0..good.len() {
             let partial = good.slice(..cut);

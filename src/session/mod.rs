@@ -5,31 +5,31 @@
 //! echo) goes through [`Duplex`] into the connection's outbox, so the writer task
 //! ([`crate::writer`]) is the only thing that touches the socket's write half.
 
+mod duplex;
+
 use std::collections::HashSet;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, warn};
 
+use crate::backend::chain;
+use crate::delivery::{AckTo, Target};
 use crate::hub::Conn;
 use crate::node::{Admission, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::router::{AckTo, Dest};
+use duplex::Duplex;
 
 /// After the gateway sends a close frame, how long it keeps reading for the client's close
 /// and FIN before dropping the socket (closing with unread input would send a RST).
@@ -37,40 +37,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Read-side buffer: enough for typical chat frames, small enough for many idle sockets.
 const READ_BUFFER: usize = 4096;
-
-/// Read half for tungstenite, write half into the outbox.
-///
-/// Reads go straight to the socket. (An earlier version skipped the read that follows a
-/// short read, clearing the socket's readiness instead to save the EAGAIN system call; that
-/// also erased the edge of data arriving in between, leaving a client's frame unread until
-/// it sent another. See the `duplex_reads_data_that_arrived_after_a_short_read` test.)
-struct Duplex {
-    rd: OwnedReadHalf,
-    conn: Arc<Conn>,
-}
-
-impl AsyncRead for Duplex {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.rd).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Duplex {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // tungstenite hands over whole frames (pong, close echo). Once the connection is
-        // closing they are moot, so a refused push is not an error.
-        let _ = self.conn.outbox.push(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +71,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         identity.user().into(),
         Outbox::new(cfg.outbox_frames, cfg.outbox_bytes),
     ));
-    conn.seen(node.now_ms());
+    conn.seen(node.clock.now_ms());
 
     // The welcome is queued first and the writer starts only once presence knows this
     // connection: anything routed to the user from then on is queued behind the welcome.
@@ -117,7 +83,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
     ));
     node.hub.add_user(&conn);
     if let Err(e) = node.presence.connect(&conn.user).await {
-        debug!(user = %conn.user, error = %e, "presence unavailable, refusing connection");
+        debug!(user = %conn.user, error = %chain(&e), "presence unavailable, refusing connection");
         node.hub.remove_user(&conn);
         node.release_identity(&identity).await;
         let close = ws::close_frame(ws::close::TRY_AGAIN_LATER, "presence store unavailable");
@@ -132,7 +98,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         // Shutdown began while this connection was being set up.
         conn.outbox.close_with(crate::node::shutdown_close());
     }
-    let writer = tokio::spawn(crate::writer::run(conn.clone(), wr));
+    let writer = node.sessions.spawn(crate::writer::run(conn.clone(), wr));
 
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -202,7 +168,7 @@ impl Session {
                         Some(Err(e)) => break self.on_read_error(e),
                     };
                     let now = Instant::now();
-                    conn.seen(node.ms_at(now));
+                    conn.seen(node.clock.ms_at(now));
                     match msg {
                         Message::Text(text) => match self.on_text(&text, now) {
                             Ok(None) => {}
@@ -310,7 +276,7 @@ impl Session {
             Request::Once { to, content } => {
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Once, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Dest::User(&to), &msg, AckTo { conn: &self.conn, id, mid });
+                self.node.router.send(Target::User(&to), &msg, AckTo { conn: &self.conn, id, mid });
             }
             Request::Group { to, content } => {
                 if !self.groups.contains(&*to) {
@@ -319,7 +285,7 @@ impl Session {
                 }
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Group, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Dest::Group(&to), &msg, AckTo { conn: &self.conn, id, mid });
+                self.node.router.send(Target::Group(&to), &msg, AckTo { conn: &self.conn, id, mid });
             }
             Request::Join { group } => return Ok(Some(Call::Join(group.into(), owned_id()))),
             Request::Leave { group } => return Ok(Some(Call::Leave(group.into(), owned_id()))),
@@ -428,42 +394,7 @@ impl Session {
                     node.router.presence(&g, &self.conn.user, false);
                 }
             }
-            Err(e) => warn!(user = %self.conn.user, error = %e, "could not record disconnect"),
+            Err(e) => warn!(user = %self.conn.user, error = %chain(&e), "could not record disconnect"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::net::TcpListener;
-
-    /// A read that follows a short read must see data that arrived in between, even though
-    /// no new readiness event comes for it (the socket was never drained to EAGAIN).
-    #[tokio::test]
-    async fn duplex_reads_data_that_arrived_after_a_short_read() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (rd, _wr) = server.into_split();
-        let conn = Arc::new(Conn::new(1, "u".into(), Outbox::new(4, 1024)));
-        let mut duplex = Duplex { rd, conn };
-        let mut buf = [0u8; 64];
-
-        client.write_all(b"first").await.unwrap();
-        let n = duplex.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"first", "a short read");
-
-        client.write_all(b"second").await.unwrap();
-        // Wait until the bytes are in the socket's receive queue (peek leaves them there).
-        let mut peeked = 0;
-        while peeked < 6 {
-            peeked = duplex.rd.peek(&mut buf).await.unwrap();
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), duplex.read(&mut buf))
-            .await
-            .expect("the queued bytes are read without another readiness event")
-            .unwrap();
-        assert_eq!(&buf[..n], b"second");
     }
 }

@@ -1,0 +1,220 @@
+//! The publisher task: its own connection in confirm mode, pipelined confirms, and the
+//! bounded buffer that holds batches while RabbitMQ is unreachable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::mpsc;
+use tracing::{debug, info, trace, warn};
+
+use super::{Request, Shared, connect, declare_exchange};
+use crate::backend::{BackendError, BoxFuture, chain, retry};
+
+pub(super) struct Publisher {
+    shared: Arc<Shared>,
+    /// Batches waiting for a connection, oldest first.
+    buffer: VecDeque<Request>,
+    buffered_bytes: usize,
+}
+
+type Inflight = FuturesUnordered<BoxFuture<'static, ()>>;
+
+impl Publisher {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Publisher { shared, buffer: VecDeque::new(), buffered_bytes: 0 }
+    }
+
+    /// Connects, publishes, reconnects, until a `Close` request (or every handle is gone).
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut delays = retry::reconnect();
+        loop {
+            let conn = match self.connect().await {
+                Ok(c) => {
+                    delays = retry::reconnect();
+                    c
+                }
+                Err(e) => {
+                    self.shared.publisher_up.store(false, Ordering::Relaxed);
+                    debug!(error = %chain(&e), "publisher cannot connect");
+                    // Keep taking requests (into the buffer) while waiting to retry.
+                    let until = tokio::time::Instant::now() + retry::next(&mut delays);
+                    loop {
+                        self.expire();
+                        tokio::select! {
+                            req = rx.recv() => match req {
+                                Some(req) => if self.hold(req) { return },
+                                None => return,
+                            },
+                            () = tokio::time::sleep_until(until) => break,
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (connection, channel) = conn;
+            info!("publisher connected to RabbitMQ");
+            self.shared.publisher_up.store(true, Ordering::Relaxed);
+            let closing = self.serve(&channel, &mut rx).await;
+            self.shared.publisher_up.store(false, Ordering::Relaxed);
+            if closing {
+                let _ = connection.close(200, "node shutting down".into()).await;
+                return;
+            }
+            warn!("publisher lost its RabbitMQ connection; reconnecting");
+            let _ = connection.close(200, "reconnecting".into()).now_or_never();
+        }
+    }
+
+    async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
+        let cfg = &self.shared.cfg;
+        let conn = connect(&cfg.url, &format!("chatgate {} publish", cfg.node)).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        declare_exchange(&ch, cfg).await?;
+        Ok((conn, ch))
+    }
+
+    /// Buffers a request while disconnected. Returns `true` on `Close`.
+    fn hold(&mut self, req: Request) -> bool {
+        match req {
+            Request::Publish { ref batch, .. } => {
+                if self.buffered_bytes + batch.len() > self.shared.cfg.buffer_bytes {
+                    if let Request::Publish { done, .. } = req {
+                        let _ = done.send(Err(BackendError::broker("unreachable, and its outage buffer is full")));
+                    }
+                } else {
+                    self.buffered_bytes += batch.len();
+                    self.buffer.push_back(req);
+                }
+                false
+            }
+            Request::DeleteQueue { done, .. } => {
+                let _ = done.send(());
+                false
+            }
+            Request::Close { done } => {
+                for req in self.buffer.drain(..) {
+                    if let Request::Publish { done, .. } = req {
+                        let _ = done.send(Err(BackendError::broker("node shutting down")));
+                    }
+                }
+                let _ = done.send(());
+                true
+            }
+        }
+    }
+
+    /// Fails buffered batches older than the buffer age.
+    fn expire(&mut self) {
+        let max_age = self.shared.cfg.buffer_for;
+        while let Some(Request::Publish { at, .. }) = self.buffer.front() {
+            if at.elapsed() < max_age {
+                break;
+            }
+            if let Some(Request::Publish { batch, done, .. }) = self.buffer.pop_front() {
+                self.buffered_bytes -= batch.len();
+                let _ = done.send(Err(BackendError::broker("unreachable for longer than the outage buffer holds")));
+            }
+        }
+    }
+
+    /// Publishes until the connection fails (`false`) or a `Close` is served (`true`).
+    async fn serve(&mut self, ch: &Channel, rx: &mut mpsc::Receiver<Request>) -> bool {
+        let mut inflight: Inflight = FuturesUnordered::new();
+        self.expire();
+        while let Some(req) = self.buffer.pop_front() {
+            if let Request::Publish { batch, .. } = &req {
+                self.buffered_bytes -= batch.len();
+            }
+            if let Err(req) = self.send(ch, req, &mut inflight).await {
+                // Still unreachable: put it back and reconnect.
+                self.hold_front(req);
+                return false;
+            }
+        }
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                req = rx.recv() => {
+                    let Some(req) = req else { return true };
+                    if let Request::Close { done } = req {
+                        // Let outstanding confirms arrive (bounded), then close.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            while inflight.next().await.is_some() {}
+                        }).await;
+                        let _ = done.send(());
+                        return true;
+                    }
+                    if let Err(req) = self.send(ch, req, &mut inflight).await {
+                        self.hold_front(req);
+                        return false;
+                    }
+                }
+                Some(()) = inflight.next() => {}
+                _ = check.tick() => {
+                    if !ch.status().connected() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn hold_front(&mut self, req: Request) {
+        if let Request::Publish { batch, .. } = &req {
+            self.buffered_bytes += batch.len();
+        }
+        self.buffer.push_front(req);
+    }
+
+    /// Sends one request; hands it back if the channel is unusable.
+    async fn send(&mut self, ch: &Channel, req: Request, inflight: &mut Inflight) -> Result<(), Request> {
+        let cfg = &self.shared.cfg;
+        match req {
+            Request::Publish { node, batch, at, done } => {
+                trace!(%node, bytes = batch.len(), "basic.publish");
+                let mut properties = BasicProperties::default();
+                if cfg.persistent {
+                    properties = properties.with_delivery_mode(2);
+                }
+                let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+                match ch.basic_publish(cfg.exchange().into(), node.as_str().into(), opts, &batch, properties).await {
+                    Ok(confirm) => {
+                        inflight.push(Box::pin(async move {
+                            let confirmation = confirm.await;
+                            trace!(?confirmation, "publisher confirm");
+                            let res = match confirmation {
+                                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(true),
+                                Ok(Confirmation::Ack(Some(_))) => Ok(false),
+                                Ok(Confirmation::Nack(_)) => Err(BackendError::broker("refused the batch")),
+                                Err(e) => Err(e.into()),
+                            };
+                            let _ = done.send(res);
+                        }));
+                        Ok(())
+                    }
+                    Err(_) => Err(Request::Publish { node, batch, at, done }),
+                }
+            }
+            Request::DeleteQueue { node, done } => {
+                let q = cfg.queue(&node);
+                match ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await {
+                    Ok(n) => info!(queue = %q, messages = n, "deleted a dead node's queue"),
+                    Err(e) => debug!(queue = %q, error = %e, "could not delete queue"),
+                }
+                let _ = done.send(());
+                Ok(())
+            }
+            Request::Close { done } => {
+                let _ = done.send(());
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! What a routed message is addressed to, and how its sender learns the outcome.
+//!
+//! [`Target`] is the one "user or group" type: the router, the dispatcher, the presence
+//! lookups and the inter-node batch all speak it. [`decide`] is the one rule that turns a
+//! routing result into the `ack` (or `unavailable`) the contract names, whether the message
+//! stayed on this node or crossed the broker.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::backend::BackendError;
+use crate::hub::Conn;
+use crate::protocol::{AckStatus, ErrorCode, MessageId, encode};
+
+/// Where a message goes. `S` is `&str` on the hot path and `Box<str>` once it is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target<S = Box<str>> {
+    /// Every connection of this user.
+    User(S),
+    /// Every member connection of this group (but the sender's).
+    Group(S),
+}
+
+impl<S: AsRef<str>> Target<S> {
+    /// The user id or group name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::User(s) | Target::Group(s) => s.as_ref(),
+        }
+    }
+
+    pub fn is_group(&self) -> bool {
+        matches!(self, Target::Group(_))
+    }
+
+    pub fn as_deref(&self) -> Target<&str> {
+        match self {
+            Target::User(s) => Target::User(s.as_ref()),
+            Target::Group(s) => Target::Group(s.as_ref()),
+        }
+    }
+
+    /// An owned copy, for queueing.
+    pub fn to_owned(&self) -> Target {
+        match self {
+            Target::User(s) => Target::User(s.as_ref().into()),
+            Target::Group(s) => Target::Group(s.as_ref().into()),
+        }
+    }
+}
+
+/// The ack rule. `delivered`: some connection (here or on another node) took the message;
+/// `undelivered`: what to answer when none did (`offline` for a direct message, `sent` for a
+/// member's group message: the group has a live connection, its sender's); `failed`: a
+/// node that holds recipients could not be reached, so the message may be lost there.
+pub fn decide(
+    delivered: bool,
+    undelivered: AckStatus,
+    failed: Option<BackendError>,
+) -> Result<AckStatus, BackendError> {
+    match failed {
+        Some(e) => Err(e),
+        None if delivered => Ok(AckStatus::Sent),
+        None => Ok(undelivered),
+    }
+}
+
+/// The sender of a client message, borrowed from its session (no allocation when the
+/// message is settled at once).
+#[derive(Debug, Clone, Copy)]
+pub struct AckTo<'a> {
+    pub conn: &'a Arc<Conn>,
+    /// The client's raw id token, echoed.
+    pub id: Option<&'a str>,
+    pub mid: MessageId,
+}
+
+impl AckTo<'_> {
+    /// Queues the answer on the sender's connection.
+    pub fn answer(self, res: Result<AckStatus, BackendError>) {
+        answer_conn(self.conn, self.id, &self.mid, res);
+    }
+
+    /// An owned [`Ack`], for a message that waits for the broker.
+    pub fn to_owned(self) -> Ack {
+        Ack::Conn { conn: self.conn.clone(), id: self.id.map(Into::into), mid: self.mid }
+    }
+}
+
+/// Who learns the outcome of a queued message.
+#[derive(Debug)]
+pub enum Ack {
+    /// Presence events: nobody.
+    None,
+    /// A client's message: an `ack` (or `unavailable` error) frame on its connection.
+    Conn { conn: Arc<Conn>, id: Option<Box<str>>, mid: MessageId },
+    /// `POST /api/publish`.
+    Reply(oneshot::Sender<Result<AckStatus, BackendError>>),
+}
+
+impl Ack {
+    pub fn answer(self, res: Result<AckStatus, BackendError>) {
+        match self {
+            Ack::None => {}
+            Ack::Reply(tx) => {
+                let _ = tx.send(res);
+            }
+            Ack::Conn { conn, id, mid } => answer_conn(&conn, id.as_deref(), &mid, res),
+        }
+    }
+}
+
+fn answer_conn(conn: &Conn, id: Option<&str>, mid: &MessageId, res: Result<AckStatus, BackendError>) {
+    let frame = match res {
+        Ok(status) => encode::ack(id, mid, status),
+        Err(e) => encode::error(id, ErrorCode::Unavailable, &format!("not sent: {e}")),
+    };
+    // A closing connection no longer needs its acks.
+    let _ = conn.outbox.push(frame);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_rule() {
+        use AckStatus::*;
+        assert_eq!(decide(true, Offline, None).unwrap(), Sent);
+        assert_eq!(decide(false, Offline, None).unwrap(), Offline);
+        assert_eq!(decide(false, Sent, None).unwrap(), Sent, "a member's group message");
+        let down = BackendError::broker("down");
+        assert!(decide(true, Offline, Some(down)).is_err(), "a node holding recipients missed it");
+    }
+
+    #[test]
+    fn targets_borrow_and_own() {
+        let t = Target::Group("room");
+        assert_eq!(t.to_owned(), Target::Group(Box::<str>::from("room")));
+        assert_eq!(t.to_owned().as_deref(), t);
+        assert_eq!(t.name(), "room");
+        assert!(t.is_group() && !Target::User("1").is_group());
+    }
+}

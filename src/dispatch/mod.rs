@@ -1,0 +1,158 @@
+//! The way off this node: sharded dispatchers between the router and the broker.
+//!
+//! ```text
+//! Router (local recipients already served) ─► dispatcher shard (bounded mpsc, chosen by the
+//!   sender's connection, so one sender's messages stay in order)
+//! shard: drain everything queued ─► ONE presence lookup for all distinct targets
+//!   └─ other nodes holding recipients ─► outlet per node ─► batches (≤ 2 unconfirmed) ─► Broker
+//! confirms (polled by the shard) ─► the ack rule (`delivery::decide`) ─► sender's outbox
+//!
+//! broker consumer ─► inbound batch ─► Hub (frames are slices of the delivery)
+//! ```
+//!
+//! An idle shard routes the first message at once. Under load, batches form from what
+//! queued during the previous round trip and while confirms were outstanding; at moderate
+//! rates, drain pacing (`Limits::pacing`) lets messages of one interval share a lookup and
+//! an AMQP message.
+
+pub mod batch;
+mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::backend::{BackendError, Broker, Inbox, Presence};
+use crate::delivery::{Ack, Target};
+use crate::hub::Hub;
+use crate::protocol::AckStatus;
+use crate::tasks::Tasks;
+
+/// One message for other nodes.
+#[derive(Debug)]
+pub struct Job {
+    pub target: Target,
+    /// The complete WebSocket frame.
+    pub frame: Bytes,
+    pub ack: Ack,
+    /// A connection on this node already took it.
+    pub delivered: bool,
+    /// The answer when no connection anywhere takes it (see [`crate::delivery::decide`]).
+    pub undelivered: AckStatus,
+}
+
+/// Batch bounds and pacing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub batch_bytes: usize,
+    pub batch_frames: usize,
+    /// While traffic flows, a shard takes at most one drain per this interval (zero: no
+    /// pacing). After an idle interval the next message is routed at once.
+    pub pacing: Duration,
+}
+
+/// What every shard shares.
+struct Ctx {
+    node: String,
+    presence: Arc<dyn Presence>,
+    broker: Arc<dyn Broker>,
+    limits: Limits,
+}
+
+/// The shards' loops, until they are spawned.
+type Idle = (Arc<Ctx>, Vec<mpsc::Receiver<Job>>);
+
+/// The dispatcher shards of one node.
+pub struct Dispatch {
+    shards: Box<[mpsc::Sender<Job>]>,
+    /// The shards' loops until [`start`](Self::start) spawns them.
+    idle: Mutex<Option<Idle>>,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch").field("shards", &self.shards.len()).finish_non_exhaustive()
+    }
+}
+
+impl Dispatch {
+    /// `shards` dispatchers for node `node`, each queueing up to `queue` jobs. Spawns nothing.
+    pub fn new(
+        node: &str,
+        presence: Arc<dyn Presence>,
+        broker: Arc<dyn Broker>,
+        shards: usize,
+        queue: usize,
+        limits: Limits,
+    ) -> Self {
+        let ctx = Arc::new(Ctx { node: node.to_owned(), presence, broker, limits });
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| mpsc::channel(queue)).unzip();
+        Dispatch { shards: txs.into(), idle: Mutex::new(Some((ctx, rxs))) }
+    }
+
+    /// Spawns the shards' loops. They end at the stop signal.
+    pub fn start(&self, tasks: &Tasks) {
+        let Some((ctx, rxs)) = self.idle.lock().take() else { return };
+        for rx in rxs {
+            tasks.spawn(shard::run(ctx.clone(), rx, tasks.stopped()));
+        }
+    }
+
+    /// Queues a job on the shard for `key` (the sender's connection id, or a group's hash
+    /// for presence events). If that shard is full, answers the job `unavailable` at once.
+    pub fn submit(&self, key: u64, job: Job) {
+        let shard = &self.shards[(key % self.shards.len() as u64) as usize];
+        if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) = shard.try_send(job)
+        {
+            job.ack.answer(Err(BackendError::broker("routing queue full")));
+        }
+    }
+
+    /// Waits until every job queued so far has been routed (its batches handed to the
+    /// broker). Used before closing the broker at shutdown.
+    pub async fn flush(&self) {
+        let waits = self.shards.iter().map(|shard| {
+            let (tx, rx) = oneshot::channel();
+            // An empty user id is never online: the marker routes nowhere and answers.
+            let marker = Job {
+                target: Target::User("".into()),
+                frame: Bytes::new(),
+                ack: Ack::Reply(tx),
+                delivered: false,
+                undelivered: AckStatus::Offline,
+            };
+            async move {
+                if shard.send(marker).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+        });
+        join_all(waits).await;
+    }
+}
+
+/// Where the broker's consumer hands this node's inbound batches: straight into the local
+/// outboxes, each frame a zero-copy slice of the delivery.
+pub fn inbox(hub: Arc<Hub>) -> Inbox {
+    Arc::new(move |batch: Bytes| {
+        for entry in batch::decode(&batch) {
+            match entry {
+                Ok((target, frame)) => {
+                    hub.deliver(target, &frame, None);
+                }
+                Err(e) => {
+                    warn!(error = %e, "dropping malformed inbound batch");
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

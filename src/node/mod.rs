@@ -1,0 +1,284 @@
+//! A gateway node: its parts, and its life cycle.
+//!
+//! [`Node::new`] builds the parts (hub, router, dispatchers, backends) and spawns nothing.
+//! [`Node::start`] spawns every background loop into the node's [`Tasks`].
+//! [`Node::begin_shutdown`] drains (1001 to every client after what it is owed), and
+//! [`Node::release`] then hands what is queued to the broker, removes the node's presence,
+//! closes the broker and waits for every background task to end.
+
+mod heartbeat;
+mod upkeep;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+pub use heartbeat::Clock;
+
+use crate::backend::amqp::AmqpBroker;
+use crate::backend::memory::{MemoryBroker, MemoryCluster, MemoryNetwork, MemoryPresence};
+use crate::backend::redis::RedisPresence;
+use crate::backend::{BackendError, Broker, Presence, chain};
+use crate::config::Config;
+use crate::dispatch::{self, Dispatch, Limits};
+use crate::hub::Hub;
+use crate::router::Router;
+use crate::tasks::Tasks;
+
+/// Jobs each dispatcher shard queues before senders get `unavailable`.
+const DISPATCH_QUEUE: usize = 16_384;
+
+/// The backends a node runs on.
+pub struct Backends {
+    pub presence: Arc<dyn Presence>,
+    pub broker: Arc<dyn Broker>,
+    /// Random per process: part of every message id and of the node's lease.
+    pub incarnation: u32,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").field("solo", &self.broker.is_solo()).finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// The embedded pair: a single node, everything local.
+    pub fn embedded(node_id: &str) -> Self {
+        Backends {
+            presence: Arc::new(MemoryPresence::standalone(node_id)),
+            broker: Arc::new(MemoryBroker::solo()),
+            incarnation: fastrand::u32(..),
+        }
+    }
+
+    /// Node `node_id` of an in-process cluster (tests): nodes built on the same `cluster`
+    /// and `network` behave as nodes on Redis and RabbitMQ do.
+    pub fn in_process(cluster: &Arc<MemoryCluster>, network: &Arc<MemoryNetwork>, node_id: &str) -> Self {
+        Backends {
+            presence: Arc::new(MemoryPresence::new(cluster.clone(), node_id)),
+            broker: Arc::new(MemoryBroker::new(network.clone(), node_id)),
+            incarnation: fastrand::u32(..),
+        }
+    }
+
+    /// Redis and RabbitMQ when the configuration names them, else embedded. Connections are
+    /// made once the node starts, in the background: a backend that is down at start-up
+    /// only delays readiness.
+    pub fn from_config(config: &Config) -> Result<Self, BackendError> {
+        let Some(endpoints) = config.cluster.endpoints() else { return Ok(Self::embedded(&config.node_id)) };
+        let incarnation = fastrand::u32(..);
+        let c = &config.cluster;
+        let presence = RedisPresence::new(crate::backend::redis::RedisConfig {
+            connection: endpoints.redis.clone(),
+            cluster: c.name.clone(),
+            node: config.node_id.clone(),
+            incarnation,
+            lease: c.node_ttl,
+        })?;
+        let broker = AmqpBroker::new(crate::backend::amqp::AmqpConfig {
+            url: endpoints.amqp_url.clone(),
+            cluster: c.name.clone(),
+            node: config.node_id.clone(),
+            lease: c.node_ttl,
+            persistent: c.persistent,
+            prefetch: c.prefetch,
+            buffer_bytes: c.broker_buffer_bytes,
+            buffer_for: c.broker_buffer,
+        })?;
+        Ok(Backends { presence: Arc::new(presence), broker: Arc::new(broker), incarnation })
+    }
+}
+
+/// Who a connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Anonymous mode: an id reserved from the cluster-wide allocator.
+    Anonymous(u64),
+    /// An authenticated user id (from a token's `sub`).
+    User(String),
+}
+
+impl Identity {
+    pub fn user(&self) -> String {
+        match self {
+            Identity::Anonymous(id) => id.to_string(),
+            Identity::User(u) => u.clone(),
+        }
+    }
+}
+
+/// A reserved connection slot; released on drop.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A node of the chat cluster (or the whole chat server, embedded).
+pub struct Node {
+    pub config: Config,
+    pub auth: crate::auth::Auth,
+    pub hub: Arc<Hub>,
+    pub router: Arc<Router>,
+    pub presence: Arc<dyn Presence>,
+    pub broker: Arc<dyn Broker>,
+    /// Random per process: part of every message id, so ids stay unique across restarts.
+    pub incarnation: u32,
+    pub clock: Clock,
+    next_conn: AtomicU64,
+    connections: Arc<AtomicUsize>,
+    started: AtomicBool,
+    /// Cancelled when shutdown begins: the loops that must not outlive the node's presence
+    /// (heartbeat, lease upkeep) end then.
+    draining: CancellationToken,
+    /// Upgraded connections: hyper's graceful shutdown does not see them.
+    pub(crate) sessions: TaskTracker,
+    /// Every background loop.
+    tasks: Tasks,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("node_id", &self.config.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Builds the node's parts. Spawns nothing: see [`start`](Self::start).
+    pub fn new(config: Config, backends: Backends) -> Arc<Node> {
+        let hub = Arc::new(Hub::new(config.shards));
+        let remote = (!backends.broker.is_solo()).then(|| {
+            let c = &config.cluster;
+            Dispatch::new(
+                &config.node_id,
+                backends.presence.clone(),
+                backends.broker.clone(),
+                config.workers,
+                DISPATCH_QUEUE,
+                Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames, pacing: c.publish_pacing },
+            )
+        });
+        Arc::new(Node {
+            auth: crate::auth::Auth::new(config.jwt_secret.as_deref(), config.allowed_origins.clone()),
+            router: Arc::new(Router::new(hub.clone(), remote)),
+            hub,
+            presence: backends.presence,
+            broker: backends.broker,
+            incarnation: backends.incarnation,
+            clock: Clock::default(),
+            next_conn: AtomicU64::new(1),
+            connections: Arc::new(AtomicUsize::new(0)),
+            started: AtomicBool::new(false),
+            draining: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            tasks: Tasks::new(),
+            config,
+        })
+    }
+
+    /// Spawns every background loop: dispatchers, the broker's publisher and consumer, the
+    /// presence writer and upkeep, the heartbeat. Needs a Tokio runtime; a second call does
+    /// nothing.
+    pub fn start(&self) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let tasks = &self.tasks;
+        self.presence.start(tasks);
+        self.broker.start(dispatch::inbox(self.hub.clone()), tasks);
+        self.router.start(tasks);
+        if let Some(period) = self.presence.upkeep_period() {
+            let parts = upkeep::Parts {
+                presence: self.presence.clone(),
+                broker: self.broker.clone(),
+                router: self.router.clone(),
+                hub: self.hub.clone(),
+            };
+            tasks.spawn(upkeep::run(parts, period, self.draining_signal()));
+        }
+        tasks.spawn(heartbeat::run(self.hub.clone(), self.clock, self.config.heartbeat, self.draining_signal()));
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves a connection slot, or `None` at `CHAT_MAX_CONNECTIONS`.
+    pub fn admit(&self) -> Option<Admission> {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = Admission(self.connections.clone());
+        (n < self.config.max_connections).then_some(slot)
+    }
+
+    /// WebSocket connections open (or being opened) on this node.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn draining_signal(&self) -> WaitForCancellationFutureOwned {
+        self.draining.clone().cancelled_owned()
+    }
+
+    /// Serving, and every backend reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.presence.is_healthy() && self.broker.is_healthy()
+    }
+
+    /// Stops admitting connections and queues close 1001 behind what every connection is
+    /// owed. A session registering concurrently sees `is_draining` right after it joins the
+    /// hub (the hub's locks order the two), and closes itself.
+    pub fn begin_shutdown(&self) {
+        self.draining.cancel();
+        self.sessions.close();
+        for conn in self.hub.connections() {
+            conn.outbox.close_with(shutdown_close());
+        }
+    }
+
+    /// Waits for every session to finish (after [`begin_shutdown`](Self::begin_shutdown)).
+    pub async fn sessions_finished(&self) {
+        self.sessions.wait().await
+    }
+
+    /// Releases what this node holds, in order: routes what is still queued for other
+    /// nodes, removes this node's presence, closes the broker; then stops every background
+    /// loop and waits for them.
+    pub async fn release(&self) -> Result<(), BackendError> {
+        self.router.flush().await;
+        let res = self.presence.release_node().await;
+        self.broker.close().await;
+        self.tasks.stop();
+        self.tasks.wait().await;
+        res
+    }
+
+    /// Background tasks still running (zero once [`release`](Self::release) returned).
+    pub fn background_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Gives back an anonymous id whose connection never started.
+    pub async fn release_identity(&self, identity: &Identity) {
+        let Identity::Anonymous(id) = identity else { return };
+        if let Err(e) = self.presence.release_id(*id).await {
+            warn!(id, error = %chain(&e), "could not release id");
+        }
+    }
+}
+
+/// The close frame every client gets at shutdown.
+pub fn shutdown_close() -> bytes::Bytes {
+    crate::protocol::ws::close_frame(crate::protocol::ws::close::GOING_AWAY, "server shutting down")
+}
