@@ -1,9 +1,9 @@
-//! What a routed message is addressed to, and how its sender learns the outcome.
+//! How the sender of a routed message learns the outcome.
 //!
-//! [`Target`] is the one "user or group" type: the router, the dispatcher, the presence
-//! lookups and the inter-node batch all speak it. [`decide`] is the one rule that turns a
-//! routing result into the `ack` (or `unavailable`) the contract names, whether the message
-//! stayed on this node or crossed the broker.
+//! [`decide`] is the one rule that turns a routing result into the `ack` (or `unavailable`)
+//! the contract names, whether the message stayed on this node or crossed the broker.
+//! Messages are addressed with [`Target`], the one "user or group" type (defined with the
+//! wire contract, re-exported here).
 
 use std::sync::Arc;
 
@@ -11,44 +11,8 @@ use tokio::sync::oneshot;
 
 use crate::backend::BackendError;
 use crate::hub::Conn;
+pub use crate::protocol::Target;
 use crate::protocol::{AckStatus, ErrorCode, MessageId, encode};
-
-/// Where a message goes. `S` is `&str` on the hot path and `Box<str>` once it is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Target<S = Box<str>> {
-    /// Every connection of this user.
-    User(S),
-    /// Every member connection of this group (but the sender's).
-    Group(S),
-}
-
-impl<S: AsRef<str>> Target<S> {
-    /// The user id or group name.
-    pub fn name(&self) -> &str {
-        match self {
-            Target::User(s) | Target::Group(s) => s.as_ref(),
-        }
-    }
-
-    pub fn is_group(&self) -> bool {
-        matches!(self, Target::Group(_))
-    }
-
-    pub fn as_deref(&self) -> Target<&str> {
-        match self {
-            Target::User(s) => Target::User(s.as_ref()),
-            Target::Group(s) => Target::Group(s.as_ref()),
-        }
-    }
-
-    /// An owned copy, for queueing.
-    pub fn to_owned(&self) -> Target {
-        match self {
-            Target::User(s) => Target::User(s.as_ref().into()),
-            Target::Group(s) => Target::Group(s.as_ref().into()),
-        }
-    }
-}
 
 /// The ack rule. `delivered`: some connection (here or on another node) took the message;
 /// `undelivered`: what to answer when none did (`offline` for a direct message, `sent` for a
@@ -132,14 +96,5 @@ mod tests {
         assert_eq!(decide(false, Sent, None).unwrap(), Sent, "a member's group message");
         let down = BackendError::broker("down");
         assert!(decide(true, Offline, Some(down)).is_err(), "a node holding recipients missed it");
-    }
-
-    #[test]
-    fn targets_borrow_and_own() {
-        let t = Target::Group("room");
-        assert_eq!(t.to_owned(), Target::Group(Box::<str>::from("room")));
-        assert_eq!(t.to_owned().as_deref(), t);
-        assert_eq!(t.name(), "room");
-        assert!(t.is_group() && !Target::User("1").is_group());
     }
 }

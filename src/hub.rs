@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::delivery::Target;
 use crate::outbox::Outbox;
+use crate::protocol::Target;
 
 type Map<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 

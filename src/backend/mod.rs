@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use crate::delivery::Target;
+pub use crate::protocol::Target;
 use crate::tasks::Tasks;
 
 /// A boxed, sendable future: the traits are used as `dyn` so the backend is chosen at

@@ -13,7 +13,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::delivery::Target;
+use crate::protocol::Target;
 use crate::protocol::is_valid_name;
 
 const VERSION: u8 = 1;

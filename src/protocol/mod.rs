@@ -87,6 +87,43 @@ pub fn is_valid_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
 }
 
+/// Where a message goes. `S` is `&str` on the hot path and `Box<str>` once it is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target<S = Box<str>> {
+    /// Every connection of this user.
+    User(S),
+    /// Every member connection of this group (but the sender's).
+    Group(S),
+}
+
+impl<S: AsRef<str>> Target<S> {
+    /// The user id or group name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::User(s) | Target::Group(s) => s.as_ref(),
+        }
+    }
+
+    pub fn is_group(&self) -> bool {
+        matches!(self, Target::Group(_))
+    }
+
+    pub fn as_deref(&self) -> Target<&str> {
+        match self {
+            Target::User(s) => Target::User(s.as_ref()),
+            Target::Group(s) => Target::Group(s.as_ref()),
+        }
+    }
+
+    /// An owned copy, for queueing.
+    pub fn to_owned(&self) -> Target {
+        match self {
+            Target::User(s) => Target::User(s.as_ref().into()),
+            Target::Group(s) => Target::Group(s.as_ref().into()),
+        }
+    }
+}
+
 /// Outcome of a `once`/`group` message, as reported in its `ack`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckStatus {
@@ -134,6 +171,15 @@ mod tests {
         assert!(!is_valid_name("slash/"));
         assert!(!is_valid_name("é"));
         assert!(!is_valid_name("quote\""));
+    }
+
+    #[test]
+    fn targets_borrow_and_own() {
+        let t = Target::Group("room");
+        assert_eq!(t.to_owned(), Target::Group(Box::<str>::from("room")));
+        assert_eq!(t.to_owned().as_deref(), t);
+        assert_eq!(t.name(), "room");
+        assert!(t.is_group() && !Target::User("1").is_group());
     }
 
     #[test]
