@@ -22,6 +22,7 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/ws" | "/chat_home") => upgrade(req, node).await,
+        (&Method::GET, "/" | "/index.html") => crate::web::index(),
         (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => readyz(&node),

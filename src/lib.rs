@@ -11,6 +11,7 @@
 //! | [`config`] | environment variables, validated once; the `--help` table |
 //! | [`server`] | accept loop, hyper http1 connections, graceful shutdown |
 //! | [`http`] | plain HTTP endpoints and the WebSocket handshake |
+//! | [`web`] | the web chat page at `GET /`, embedded in the binary |
 //! | [`auth`] | handshake checks: allowed origins, JWT identity |
 //! | [`session`] | one WebSocket connection: read loop, requests, heartbeat, rate limit |
 //! | [`writer`] | one connection's writer task: drain the outbox, `writev`, close |
@@ -39,6 +40,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod web;
 pub mod writer;
 
 pub use config::Config;
