@@ -12,7 +12,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`server`] | accept loop, hyper http1 connections, graceful shutdown |
-//! | [`http`] | plain HTTP endpoints (`api`) and the WebSocket handshake (`upgrade`) |
+//! | [`http`] | plain HTTP endpoints (`api`), the WebSocket handshake (`upgrade`), the web chat page (`page`) |
 //! | [`auth`] | handshake checks: allowed origins, JWT identity |
 //! | [`session`] | one WebSocket connection: read loop, requests, rate limit, close |
 //! | [`writer`] | one connection's writer task: drain the outbox, `writev`, close |

@@ -210,3 +210,24 @@ async fn presence_outage_answers_unavailable_and_readyz_503() {
     let r = a.request(json!({"type":"group","to":"g","content":1}), "still").await;
     assert_eq!(r["status"], "sent");
 }
+
+#[tokio::test]
+async fn web_page_is_served_self_contained() {
+    let gw = Gateway::start().await;
+    for path in ["/", "/index.html"] {
+        let r = gw.http("GET", path, &[], "").await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(r.header("cache-control").is_some(), "{path} says how to cache it");
+        assert!(r.body.starts_with("<!doctype html>"), "{}", &r.body[..r.body.len().min(80)]);
+        // Behind a path prefix or a TLS proxy the page must find the socket on its own origin.
+        assert!(r.body.contains("new URL('ws', location.href)"), "the WebSocket URL is relative to the page");
+        // Offline, and no mixed content behind TLS: nothing is fetched from anywhere else.
+        for absolute in ["ws://", "wss://", "http://", "https://", "//cdn"] {
+            assert!(!r.body.contains(absolute), "{path} references {absolute}");
+        }
+        for tag in ["<script src", "<link rel=\"stylesheet\"", "@import"] {
+            assert!(!r.body.contains(tag), "{path} loads an external resource: {tag}");
+        }
+    }
+}

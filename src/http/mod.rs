@@ -4,8 +4,10 @@
 //! |---|---|
 //! | `upgrade` | the WebSocket handshake (RFC 6455 checks, origin, token, admission) |
 //! | `api` | `/api/*`: online count, group members, publish |
+//! | `page` | the web chat page at `GET /`, embedded in the binary |
 
 mod api;
+pub mod page;
 mod upgrade;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/ws" | "/chat_home") => upgrade::upgrade(req, node).await,
+        (&Method::GET, "/" | "/index.html") => page::index(),
         (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => readyz(&node),

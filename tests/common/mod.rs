@@ -298,10 +298,20 @@ impl RawClient {
 
 pub struct HttpResponse {
     pub status: u16,
+    /// Header lines after the status line, as sent.
+    pub head: String,
     pub body: String,
 }
 
 impl HttpResponse {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
     }
@@ -323,7 +333,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     let raw = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
-    HttpResponse { status, body: body.to_owned() }
+    HttpResponse { status, head: head.to_owned(), body: body.to_owned() }
 }
 
 /// Polls `check` until it holds (each poll is a real request, not a timer), failing at WAIT.
