@@ -6,11 +6,13 @@
 //! wire contract, re-exported here).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::backend::BackendError;
 use crate::hub::Conn;
+use crate::metrics::Metrics;
 pub use crate::protocol::Target;
 use crate::protocol::{AckStatus, ErrorCode, MessageId, encode};
 
@@ -38,12 +40,15 @@ pub struct AckTo<'a> {
     /// The client's raw id token, echoed.
     pub id: Option<&'a str>,
     pub mid: MessageId,
+    /// When the message was read (routing latency is measured from here).
+    pub read_at: Instant,
 }
 
 impl AckTo<'_> {
     /// Queues the answer on the sender's connection.
-    pub fn answer(self, res: Result<AckStatus, BackendError>) {
-        answer_conn(self.conn, self.id, &self.mid, res);
+    pub fn answer(self, res: Result<AckStatus, BackendError>, metrics: &Metrics) {
+        record(&res, self.read_at, metrics);
+        answer_conn(self.conn, self.id, &self.mid, res, metrics);
     }
 
     /// An owned [`Ack`], for a message that waits for the broker.
@@ -64,21 +69,41 @@ pub enum Ack {
 }
 
 impl Ack {
-    pub fn answer(self, res: Result<AckStatus, BackendError>) {
+    /// Answers a message read at `read_at`.
+    pub fn answer(self, res: Result<AckStatus, BackendError>, read_at: Instant, metrics: &Metrics) {
         match self {
             Ack::None => {}
             Ack::Reply(tx) => {
+                record(&res, read_at, metrics);
                 let _ = tx.send(res);
             }
-            Ack::Conn { conn, id, mid } => answer_conn(&conn, id.as_deref(), &mid, res),
+            Ack::Conn { conn, id, mid } => {
+                record(&res, read_at, metrics);
+                answer_conn(&conn, id.as_deref(), &mid, res, metrics);
+            }
         }
     }
 }
 
-fn answer_conn(conn: &Conn, id: Option<&str>, mid: &MessageId, res: Result<AckStatus, BackendError>) {
+/// The routing latency and outcome of one message (once per message, never per recipient).
+#[inline]
+fn record(res: &Result<AckStatus, BackendError>, read_at: Instant, metrics: &Metrics) {
+    metrics.routing_latency.observe_duration(read_at.elapsed());
+    match res {
+        Ok(status) => metrics.ack(*status),
+        Err(_) => {
+            metrics.unavailable.inc();
+        }
+    }
+}
+
+fn answer_conn(conn: &Conn, id: Option<&str>, mid: &MessageId, res: Result<AckStatus, BackendError>, m: &Metrics) {
     let frame = match res {
         Ok(status) => encode::ack(id, mid, status),
-        Err(e) => encode::error(id, ErrorCode::Unavailable, &format!("not sent: {e}")),
+        Err(e) => {
+            m.error(ErrorCode::Unavailable);
+            encode::error(id, ErrorCode::Unavailable, &format!("not sent: {e}"))
+        }
     };
     // A closing connection no longer needs its acks.
     let _ = conn.outbox.push(frame);

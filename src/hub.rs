@@ -126,6 +126,11 @@ impl Hub {
         self.shard(group).read().groups.get(group).map_or(0, Vec::len)
     }
 
+    /// Users with at least one connection on this node.
+    pub fn user_count(&self) -> usize {
+        self.shards.iter().map(|s| s.maps.read().users.len()).sum()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }

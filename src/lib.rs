@@ -24,6 +24,7 @@
 //! | [`outbox`] | bounded per-connection frame queue; slow-consumer detection |
 //! | [`backend`] | `Presence` and `Broker` traits; in-memory, Redis and RabbitMQ implementations; the reconnect policy |
 //! | [`tasks`] | the tracker and stop signal every background task runs under |
+//! | [`metrics`] | Prometheus metrics: pre-resolved atomics, a lock-free histogram, scrape-time gauges |
 //! | [`protocol`] | the wire contract: pure parse, encode-once frames, WebSocket framing |
 //! | [`ratelimit`] | per-connection token bucket |
 //! | [`config`] | settings (clap: flags and environment), validated once |
@@ -38,6 +39,7 @@ pub mod dispatch;
 pub mod http;
 pub mod hub;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod protocol;

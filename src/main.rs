@@ -48,6 +48,7 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let mode = if config.is_cluster() { "cluster" } else { "embedded" };
+    info!(config = ?config, "effective configuration (secrets redacted)");
     info!(%addr, node = %config.node_id, mode, "listening");
     let node = Node::new(config, backends);
     chatgate::server::run(listener, node, shutdown_signal()).await;

@@ -40,6 +40,8 @@ struct State {
     queue: VecDeque<Bytes>,
     bytes: usize,
     phase: Phase,
+    /// The code of the close frame queued by [`Outbox::close_with`].
+    close_code: Option<u16>,
 }
 
 /// Bounded multi-producer, single-consumer queue of encoded frames.
@@ -57,7 +59,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Outbox {
-            state: Mutex::new(State { queue: VecDeque::new(), bytes: 0, phase: Phase::Open }),
+            state: Mutex::new(State { queue: VecDeque::new(), bytes: 0, phase: Phase::Open, close_code: None }),
             writer: Notify::new(),
             session: Notify::new(),
             max_frames,
@@ -100,6 +102,7 @@ impl Outbox {
         if st.phase != Phase::Open {
             return false;
         }
+        st.close_code = crate::protocol::ws::close_code(&close);
         st.bytes += close.len();
         st.queue.push_back(close);
         st.phase = Phase::Closing;
@@ -123,6 +126,11 @@ impl Outbox {
         self.state.lock().phase
     }
 
+    /// The code of the close frame the gateway queued, if it queued one.
+    pub fn close_code(&self) -> Option<u16> {
+        self.state.lock().close_code
+    }
+
     /// Frames queued and not yet taken by the writer.
     pub fn len(&self) -> usize {
         self.state.lock().queue.len()
@@ -130,6 +138,11 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
     }
 
     /// Writer side: moves every queued frame to the back of `into` and returns the phase.

@@ -8,6 +8,8 @@
 //! follows the one rule in [`crate::delivery::decide`].
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -16,9 +18,9 @@ use crate::backend::BackendError;
 use crate::delivery::{Ack, AckTo, Target, decide};
 use crate::dispatch::{Dispatch, Job};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol::{AckStatus, encode};
 use crate::tasks::Tasks;
-use std::sync::Arc;
 
 /// Routes frames to their recipients, here and on other nodes.
 #[derive(Debug)]
@@ -26,12 +28,21 @@ pub struct Router {
     hub: Arc<Hub>,
     /// `None` when no other node can be reached: everything is settled here.
     remote: Option<Dispatch>,
+    metrics: Arc<Metrics>,
     hasher: foldhash::fast::FixedState,
 }
 
 impl Router {
-    pub fn new(hub: Arc<Hub>, remote: Option<Dispatch>) -> Self {
-        Router { hub, remote, hasher: Default::default() }
+    pub fn new(hub: Arc<Hub>, remote: Option<Dispatch>, metrics: Arc<Metrics>) -> Self {
+        Router { hub, remote, metrics, hasher: Default::default() }
+    }
+
+    /// Pushes `frame` to this node's recipients; counts them.
+    #[inline]
+    fn deliver(&self, to: Target<&str>, frame: &Bytes, exclude: Option<u64>) -> bool {
+        let n = self.hub.deliver(to, frame, exclude);
+        self.metrics.delivered.inc_by(n as u64);
+        n > 0
     }
 
     /// Spawns the dispatchers, if any.
@@ -52,15 +63,22 @@ impl Router {
     /// connection. A group message skips the sending connection.
     pub fn send(&self, to: Target<&str>, frame: &Bytes, ack: AckTo<'_>) {
         let exclude = to.is_group().then_some(ack.conn.id);
-        let delivered = self.hub.deliver(to, frame, exclude) > 0;
+        let delivered = self.deliver(to, frame, exclude);
         // The sender of a group message is a member: the group has a live connection.
         let undelivered = if to.is_group() { AckStatus::Sent } else { AckStatus::Offline };
         match &self.remote {
-            None => ack.answer(decide(delivered, undelivered, None)),
+            None => ack.answer(decide(delivered, undelivered, None), &self.metrics),
             // One shard per sender connection keeps its messages in order.
             Some(remote) => remote.submit(
                 ack.conn.id,
-                Job { target: to.to_owned(), frame: frame.clone(), ack: ack.to_owned(), delivered, undelivered },
+                Job {
+                    target: to.to_owned(),
+                    frame: frame.clone(),
+                    ack: ack.to_owned(),
+                    delivered,
+                    undelivered,
+                    read_at: ack.read_at,
+                },
             ),
         }
     }
@@ -68,15 +86,20 @@ impl Router {
     /// Routes a message that has no connection to ack (`POST /api/publish`): `offline` when
     /// no connection took it (for a group: no member is online).
     pub async fn publish(&self, to: Target<&str>, frame: &Bytes) -> Result<AckStatus, BackendError> {
-        let delivered = self.hub.deliver(to, frame, None) > 0;
-        let Some(remote) = &self.remote else { return decide(delivered, AckStatus::Offline, None) };
+        let read_at = Instant::now();
+        let delivered = self.deliver(to, frame, None);
         let (tx, rx) = oneshot::channel();
+        let Some(remote) = &self.remote else {
+            Ack::Reply(tx).answer(decide(delivered, AckStatus::Offline, None), read_at, &self.metrics);
+            return rx.await.unwrap_or_else(|_| Err(BackendError::broker("router stopped")));
+        };
         let job = Job {
             target: to.to_owned(),
             frame: frame.clone(),
             ack: Ack::Reply(tx),
             delivered,
             undelivered: AckStatus::Offline,
+            read_at,
         };
         remote.submit(fastrand::u64(..), job);
         rx.await.unwrap_or_else(|_| Err(BackendError::broker("router stopped")))
@@ -85,7 +108,7 @@ impl Router {
     /// Tells `group`'s members, on every node, that `user` joined or left it.
     pub fn presence(&self, group: &str, user: &str, join: bool) {
         let frame = encode::presence(group, user, join);
-        self.hub.deliver(Target::Group(group), &frame, None);
+        self.deliver(Target::Group(group), &frame, None);
         if let Some(remote) = &self.remote {
             let job = Job {
                 target: Target::Group(group.into()),
@@ -93,6 +116,7 @@ impl Router {
                 ack: Ack::None,
                 delivered: true,
                 undelivered: AckStatus::Sent,
+                read_at: Instant::now(),
             };
             // Events of one group share a shard, so a join is never overtaken by its leave.
             remote.submit(self.hasher.hash_one(group), job);

@@ -41,17 +41,18 @@ fn start_logged(extra: &[(&str, &str)]) -> (Child, SocketAddr, Logs) {
             let _ = tx.send(line);
         }
     });
+    let logs = Logs::default();
     let deadline = Instant::now() + WAIT;
     let addr = loop {
         let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a 'listening' log line");
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        logs.lock().push(line);
         if v["message"] == "listening" {
             break v["addr"].as_str().expect("addr field").parse().expect("socket address");
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    let logs = Logs::default();
     let sink = logs.clone();
     std::thread::spawn(move || {
         while let Ok(line) = rx.recv() {
@@ -190,4 +191,16 @@ async fn grace_period_bounds_shutdown() {
     assert_eq!(status.code(), Some(0));
     assert!(logs.lock().iter().any(|l| l.contains(GRACE_OVER)), "the bound ended the drain");
     drop(stuck);
+}
+
+#[tokio::test]
+async fn start_up_logs_the_effective_configuration_without_secrets() {
+    let (mut child, _addr, logs) = start_logged(&[("CHAT_API_KEY", "hunter2-key"), ("CHAT_JWT_SECRET", "hunter2-jwt")]);
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let logs = logs.lock();
+    let line = logs.iter().find(|l| l.contains("effective configuration")).expect("the configuration is logged");
+    assert!(line.contains("max_connections") && line.contains("api_key"), "{line}");
+    assert!(!logs.iter().any(|l| l.contains("hunter2")), "a secret reached the log");
 }

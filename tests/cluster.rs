@@ -72,6 +72,29 @@ async fn once_group_presence_online_and_members_across_nodes() {
     d.close().await;
     assert_eq!(a.presence_of(&d_user).await["event"], "leave");
     assert_eq!(c.online(0).await, 2);
+
+    // Every node is listed, from any node.
+    let addr = c.nodes[2].addr;
+    eventually("GET /api/nodes lists the three nodes", || async move {
+        let nodes = http(addr, "GET", "/api/nodes", &[], "").await.json()["nodes"].clone();
+        let names: Vec<&str> = nodes.as_array().unwrap().iter().filter_map(|n| n["node"].as_str()).collect();
+        names == ["n0", "n1", "n2"] && nodes[0]["connections"] == 1
+    })
+    .await;
+
+    // The Redis and RabbitMQ metrics moved.
+    let metrics = http(c.nodes[1].addr, "GET", "/metrics", &[], "").await.body;
+    for series in [
+        r#"chatgate_presence_operations_total{op="write"}"#,
+        r#"chatgate_presence_operations_total{op="locate"}"#,
+        r#"chatgate_presence_operations_total{op="maintain"}"#,
+        "chatgate_presence_latency_seconds_count",
+        "chatgate_broker_published_total",
+        "chatgate_broker_consumed_total",
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{series} "))).unwrap_or_else(|| panic!("{series}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
 }
 
 #[tokio::test]

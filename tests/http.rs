@@ -181,7 +181,12 @@ async fn presence_outage_answers_unavailable_and_readyz_503() {
     let presence = Flaky { inner: MemoryPresence::standalone(config.node_id.clone()), down: down.clone() };
     let gw = Gateway::start_node(
         config,
-        Backends { presence: Arc::new(presence), broker: Arc::new(MemoryBroker::solo()), incarnation: 1 },
+        Backends {
+            presence: Arc::new(presence),
+            broker: Arc::new(MemoryBroker::solo()),
+            incarnation: 1,
+            metrics: Arc::default(),
+        },
     )
     .await;
     let mut a = gw.client().await;
@@ -230,4 +235,23 @@ async fn web_page_is_served_self_contained() {
             assert!(!r.body.contains(tag), "{path} loads an external resource: {tag}");
         }
     }
+}
+
+#[tokio::test]
+async fn api_nodes_lists_this_node() {
+    let gw = Gateway::start_with(|c| c.node_id = "solo-1".into()).await;
+    let _a = gw.client().await;
+    let _b = gw.client().await;
+    let r = gw.http("GET", "/api/nodes", &[], "").await;
+    assert_eq!(r.status, 200);
+    let nodes = r.json()["nodes"].clone();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    let n = &nodes[0];
+    assert_eq!(
+        (n["node"].as_str(), n["connections"].as_u64(), n["users"].as_u64()),
+        (Some("solo-1"), Some(2), Some(2))
+    );
+    let started = n["started"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(started <= now && started > now - 3_600_000, "ms since the epoch: {started}");
 }

@@ -166,3 +166,16 @@ async fn a_crashed_node_is_swept_within_two_leases() {
     assert!(crashed_at.elapsed() > lease, "not before its lease ran out");
     assert_eq!(cluster.online(), 0);
 }
+
+#[tokio::test]
+async fn api_nodes_lists_every_live_node() {
+    let c = InProcess::start(3, LEASE, |_| {}).await;
+    let _a = c.client(1).await;
+    let gw = &c.nodes[0];
+    eventually("every node reported itself", || async {
+        let nodes = gw.http("GET", "/api/nodes", &[], "").await.json()["nodes"].clone();
+        let names: Vec<&str> = nodes.as_array().unwrap().iter().filter_map(|n| n["node"].as_str()).collect();
+        names == ["n0", "n1", "n2"] && nodes[1]["connections"] == 1
+    })
+    .await;
+}

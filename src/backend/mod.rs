@@ -146,6 +146,24 @@ pub trait Presence: Send + Sync + 'static {
     /// Periodic upkeep: refresh this node's lease, bring the store back in line with this
     /// node's connections after an outage, and sweep nodes whose lease expired.
     fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>>;
+
+    /// This node's figures, published with the next upkeep (for `GET /api/nodes`).
+    fn report(&self, _me: NodeInfo) {}
+
+    /// The live nodes of the cluster, as each last reported itself.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+/// What a node reports about itself (`GET /api/nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub connections: u64,
+    pub users: u64,
+    /// Process start, ms since the epoch.
+    pub started: u64,
 }
 
 /// What [`Presence::maintain`] did that the node must act on.

@@ -71,10 +71,10 @@ pub struct Config {
     pub max_groups: usize,
     /// Bearer token for POST /api/publish; unset disables that endpoint.
     #[arg(long, env = "CHAT_API_KEY", value_name = "CHAT_API_KEY", hide_env_values = true, value_parser = non_empty)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// HS256 secret. When set, a connection needs a token (?token= or Authorization: Bearer); its `sub` is the user id, `exp` is enforced; otherwise HTTP 401. Unset: anonymous ids.
     #[arg(long, env = "CHAT_JWT_SECRET", value_name = "CHAT_JWT_SECRET", hide_env_values = true, value_parser = non_empty)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// Comma list of allowed Origin values for WebSocket upgrades (* allows all); others get HTTP 403. Unset: any; clients that send no Origin are not checked.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -108,16 +108,16 @@ pub enum LogFormat {
 pub struct ClusterConfig {
     /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. With Redis set, turns on cluster mode.
     #[arg(long = "rabbit-mq-url", env = "RABBIT_MQ_URL", value_name = "RABBIT_MQ_URL", hide_env_values = true)]
-    pub rabbit_mq_url: Option<String>,
+    pub rabbit_mq_url: Option<Secret>,
     /// Redis host:port.
     #[arg(long, env = "REDIS_ADDR", value_name = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
     /// Password for REDIS_ADDR.
     #[arg(long, env = "REDIS_PASSWORD", value_name = "REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
+    pub redis_password: Option<Secret>,
     /// Full Redis URL (redis://[:password@]host:port[/db]); overrides REDIS_ADDR/REDIS_PASSWORD.
     #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// Cluster name: the hash tag of every Redis key and the prefix of RabbitMQ names.
     #[arg(long = "cluster", env = "CHAT_CLUSTER", value_name = "CHAT_CLUSTER", default_value = "chatgate", value_parser = name(64))]
     pub name: String,
@@ -151,10 +151,55 @@ pub struct ClusterConfig {
 }
 
 /// The cluster backends' addresses.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoints {
     pub amqp_url: String,
     pub redis: redis::ConnectionInfo,
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("amqp", &parse::redact_url(&self.amqp_url))
+            .field("redis", &self.redis.addr().to_string())
+            .finish()
+    }
+}
+
+/// A value that is never logged (`Debug` prints `"<redacted>"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 impl ClusterConfig {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::IntoConnectionInfo;
 
-use super::{ClusterConfig, ConfigError, Endpoints};
+use super::{ClusterConfig, ConfigError, Endpoints, Secret};
 use crate::protocol::is_valid_name;
 
 /// The default of `CHAT_NODE_ID`: readable, and distinct across restarts so a restarted
@@ -94,11 +94,23 @@ pub fn name(max: usize) -> impl Fn(&str) -> Result<String, String> + Clone + Sen
 }
 
 /// A secret that must not be empty (unset it instead).
-pub fn non_empty(s: &str) -> Result<String, String> {
+pub fn non_empty(s: &str) -> Result<Secret, String> {
     if s.is_empty() {
         return Err("must not be empty (unset it instead)".into());
     }
-    Ok(s.to_owned())
+    Ok(s.into())
+}
+
+/// `url` with its password (the part between `:` and `@` after the scheme) hidden.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// A `tracing-subscriber` filter that parses.
@@ -125,14 +137,15 @@ fn bad(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError
 /// Cluster mode needs both RabbitMQ and Redis; either alone is a mistake worth stopping for.
 /// An empty variable counts as unset (compose files often write `REDIS_ADDR=`).
 pub fn endpoints(c: &ClusterConfig) -> Result<Option<Endpoints>, ConfigError> {
-    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let set = |v: &Option<Secret>| v.as_ref().map(|s| s.expose().to_owned()).filter(|s| !s.is_empty());
     let amqp = set(&c.rabbit_mq_url);
-    let redis = match (set(&c.redis_url), set(&c.redis_addr)) {
+    let addr = c.redis_addr.clone().filter(|s| !s.is_empty());
+    let redis = match (set(&c.redis_url), addr) {
         (Some(url), _) => {
             if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                return Err(bad("REDIS_URL", &url, "must start with redis:// or rediss://"));
+                return Err(bad("REDIS_URL", &redact_url(&url), "must start with redis:// or rediss://"));
             }
-            Some(url.as_str().into_connection_info().map_err(|e| bad("REDIS_URL", &url, e.to_string()))?)
+            Some(url.as_str().into_connection_info().map_err(|e| bad("REDIS_URL", &redact_url(&url), e.to_string()))?)
         }
         (None, Some(addr)) => {
             let (host, port) = addr
@@ -155,9 +168,9 @@ pub fn endpoints(c: &ClusterConfig) -> Result<Option<Endpoints>, ConfigError> {
         (None, None) => Ok(None),
         (Some(amqp_url), Some(redis)) => {
             if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
-                return Err(bad("RABBIT_MQ_URL", &amqp_url, "must start with amqp:// or amqps://"));
+                return Err(bad("RABBIT_MQ_URL", &redact_url(&amqp_url), "must start with amqp:// or amqps://"));
             }
-            amqp_url.parse::<lapin::uri::AMQPUri>().map_err(|e| bad("RABBIT_MQ_URL", &amqp_url, e))?;
+            amqp_url.parse::<lapin::uri::AMQPUri>().map_err(|e| bad("RABBIT_MQ_URL", &redact_url(&amqp_url), e))?;
             Ok(Some(Endpoints { amqp_url, redis }))
         }
         (Some(_), None) => Err(bad("REDIS_ADDR", "", "cluster mode needs Redis too (RABBIT_MQ_URL is set)")),

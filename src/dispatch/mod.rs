@@ -19,7 +19,7 @@ pub mod batch;
 mod shard;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -30,6 +30,7 @@ use tracing::warn;
 use crate::backend::{BackendError, Broker, Inbox, Presence};
 use crate::delivery::{Ack, Target};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol::AckStatus;
 use crate::tasks::Tasks;
 
@@ -44,6 +45,8 @@ pub struct Job {
     pub delivered: bool,
     /// The answer when no connection anywhere takes it (see [`crate::delivery::decide`]).
     pub undelivered: AckStatus,
+    /// When the message was read.
+    pub read_at: Instant,
 }
 
 /// Batch bounds and pacing.
@@ -62,6 +65,7 @@ struct Ctx {
     presence: Arc<dyn Presence>,
     broker: Arc<dyn Broker>,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 /// The shards' loops, until they are spawned.
@@ -70,6 +74,7 @@ type Idle = (Arc<Ctx>, Vec<mpsc::Receiver<Job>>);
 /// The dispatcher shards of one node.
 pub struct Dispatch {
     shards: Box<[mpsc::Sender<Job>]>,
+    metrics: Arc<Metrics>,
     /// The shards' loops until [`start`](Self::start) spawns them.
     idle: Mutex<Option<Idle>>,
 }
@@ -89,10 +94,11 @@ impl Dispatch {
         shards: usize,
         queue: usize,
         limits: Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let ctx = Arc::new(Ctx { node: node.to_owned(), presence, broker, limits });
+        let ctx = Arc::new(Ctx { node: node.to_owned(), presence, broker, limits, metrics: metrics.clone() });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| mpsc::channel(queue)).unzip();
-        Dispatch { shards: txs.into(), idle: Mutex::new(Some((ctx, rxs))) }
+        Dispatch { shards: txs.into(), metrics, idle: Mutex::new(Some((ctx, rxs))) }
     }
 
     /// Spawns the shards' loops. They end at the stop signal.
@@ -109,8 +115,13 @@ impl Dispatch {
         let shard = &self.shards[(key % self.shards.len() as u64) as usize];
         if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) = shard.try_send(job)
         {
-            job.ack.answer(Err(BackendError::broker("routing queue full")));
+            job.ack.answer(Err(BackendError::broker("routing queue full")), job.read_at, &self.metrics);
         }
+    }
+
+    /// Jobs queued in all shards, not yet taken by their dispatcher.
+    pub fn queued(&self) -> usize {
+        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum()
     }
 
     /// Waits until every job queued so far has been routed (its batches handed to the
@@ -125,6 +136,7 @@ impl Dispatch {
                 ack: Ack::Reply(tx),
                 delivered: false,
                 undelivered: AckStatus::Offline,
+                read_at: Instant::now(),
             };
             async move {
                 if shard.send(marker).await.is_ok() {
@@ -138,12 +150,13 @@ impl Dispatch {
 
 /// Where the broker's consumer hands this node's inbound batches: straight into the local
 /// outboxes, each frame a zero-copy slice of the delivery.
-pub fn inbox(hub: Arc<Hub>) -> Inbox {
+pub fn inbox(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Inbox {
     Arc::new(move |batch: Bytes| {
+        metrics.broker.consumed.inc();
         for entry in batch::decode(&batch) {
             match entry {
                 Ok((target, frame)) => {
-                    hub.deliver(target, &frame, None);
+                    metrics.delivered.inc_by(hub.deliver(target, &frame, None) as u64);
                 }
                 Err(e) => {
                     warn!(error = %e, "dropping malformed inbound batch");

@@ -28,6 +28,7 @@ const MAX_PENDING: usize = 1 << 16;
 /// A job waiting for its remote batches to be confirmed.
 struct Waiting {
     ack: Ack,
+    read_at: std::time::Instant,
     /// Batches (published or still pending) carrying it that are not confirmed yet.
     remaining: usize,
     delivered: bool,
@@ -130,7 +131,7 @@ impl Shard {
                 let e = res.err().unwrap_or_else(|| BackendError::presence("routing lookup answered wrongly"));
                 debug!(error = %chain(&e), jobs = jobs.len(), "routing lookup failed");
                 for job in jobs.drain(..) {
-                    job.ack.answer(Err(e.clone()));
+                    job.ack.answer(Err(e.clone()), job.read_at, &ctx.metrics);
                 }
                 return;
             }
@@ -143,11 +144,12 @@ impl Shard {
                 remote.push(self.outlet(n));
             }
             if remote.is_empty() {
-                job.ack.answer(decide(job.delivered, job.undelivered, None));
+                job.ack.answer(decide(job.delivered, job.undelivered, None), job.read_at, &ctx.metrics);
                 continue;
             }
             if remote.iter().any(|&o| self.outlets[o].pending.len() >= MAX_PENDING) {
-                job.ack.answer(Err(BackendError::broker("too many messages waiting for the broker")));
+                let e = BackendError::broker("too many messages waiting for the broker");
+                job.ack.answer(Err(e), job.read_at, &ctx.metrics);
                 continue;
             }
             let slot = self.free.pop().unwrap_or_else(|| {
@@ -156,6 +158,7 @@ impl Shard {
             });
             self.waiting[slot] = Some(Waiting {
                 ack: job.ack,
+                read_at: job.read_at,
                 remaining: remote.len(),
                 delivered: job.delivered,
                 undelivered: job.undelivered,
@@ -208,8 +211,16 @@ impl Shard {
             }
             outlet.inflight += 1;
             trace!(node = %outlet.node, frames = jobs.len(), inflight = outlet.inflight, "publishing a batch");
+            let m = &self.ctx.metrics.broker;
+            m.published.inc();
+            m.frames_per_message.observe_count(jobs.len() as u64);
             let confirm = self.ctx.broker.publish(&outlet.node, batch.finish());
-            self.confirms.push(Box::pin(async move { (o, jobs, confirm.await) }));
+            let (sent, ctx) = (std::time::Instant::now(), self.ctx.clone());
+            self.confirms.push(Box::pin(async move {
+                let res = confirm.await;
+                ctx.metrics.broker.confirm_latency.observe_duration(sent.elapsed());
+                (o, jobs, res)
+            }));
         }
     }
 
@@ -230,7 +241,7 @@ impl Shard {
             }
             if let Some(w) = self.waiting[j].take() {
                 self.free.push(j);
-                w.ack.answer(decide(w.delivered, w.undelivered, w.failed));
+                w.ack.answer(decide(w.delivered, w.undelivered, w.failed), w.read_at, &self.ctx.metrics);
             }
         }
         self.flush(o);

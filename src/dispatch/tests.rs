@@ -70,7 +70,7 @@ async fn setup() -> Setup {
     let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(cluster, "a"));
     let held = Arc::new(Held::default());
     let limits = Limits { batch_bytes: 1 << 20, batch_frames: 512, pacing: Duration::ZERO };
-    let dispatch = Dispatch::new("a", presence, Arc::new(held.clone()), 1, 1024, limits);
+    let dispatch = Dispatch::new("a", presence, Arc::new(held.clone()), 1, 1024, limits, Arc::default());
     let tasks = Tasks::new();
     dispatch.start(&tasks);
     Setup { held, dispatch, _tasks: tasks }
@@ -84,6 +84,7 @@ fn job(delivered: bool) -> (Job, oneshot::Receiver<Result<AckStatus, BackendErro
         ack: Ack::Reply(tx),
         delivered,
         undelivered: AckStatus::Offline,
+        read_at: std::time::Instant::now(),
     };
     (job, rx)
 }
@@ -161,6 +162,7 @@ async fn nobody_elsewhere_is_settled_without_publishing() {
         ack: Ack::Reply(tx),
         delivered: false,
         undelivered: AckStatus::Offline,
+        read_at: std::time::Instant::now(),
     };
     s.dispatch.submit(0, j);
     assert_eq!(rx.await.unwrap().unwrap(), AckStatus::Offline);

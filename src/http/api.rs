@@ -14,6 +14,14 @@ use crate::delivery::Target;
 use crate::node::Node;
 use crate::protocol::{self, MessageId, Request as ClientRequest, encode, is_valid_name};
 
+/// `GET /api/nodes`: the cluster's live nodes.
+pub(super) async fn nodes(node: &Node) -> Response<Body> {
+    match crate::node::cluster_nodes(node).await {
+        Ok(nodes) => json(StatusCode::OK, serde_json::json!({ "nodes": nodes })),
+        Err(e) => unavailable(&e),
+    }
+}
+
 pub(super) async fn online(node: &Node) -> Response<Body> {
     match node.presence.online_count().await {
         Ok(n) => json(StatusCode::OK, serde_json::json!({ "count": n })),

@@ -32,16 +32,24 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
         (&Method::GET, "/ping") => text(StatusCode::OK, "pong"),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => readyz(&node),
+        (&Method::GET, "/metrics") => metrics(&node),
         (&Method::GET, "/api/online") => api::online(&node).await,
+        (&Method::GET, "/api/nodes") => api::nodes(&node).await,
         (&Method::POST, "/api/publish") => api::publish(req, node).await,
         (&Method::GET, p) if api::group_of(p).is_some() => {
             api::members(&node, api::group_of(p).unwrap_or_default()).await
         }
-        (_, "/ping" | "/healthz" | "/readyz" | "/api/online" | "/api/publish") => {
+        (_, "/ping" | "/healthz" | "/readyz" | "/metrics" | "/api/online" | "/api/nodes" | "/api/publish") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such path"),
     }
+}
+
+fn metrics(node: &Node) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(node.metrics.render())));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r
 }
 
 fn readyz(node: &Node) -> Response<Body> {

@@ -3,67 +3,121 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{Body, error, unavailable};
 use crate::auth::Refusal;
-use crate::node::{Identity, Node};
+use crate::metrics::Refused;
+use crate::node::{Admission, Identity, Node};
 
-/// RFC 6455 §4.2 server handshake. On success the connection is handed to a session task
-/// once hyper releases the socket.
-pub(super) async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
-    if req.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "WebSocket upgrade needs GET");
+/// Why a request is not a WebSocket handshake this server takes (RFC 6455 §4.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadHandshake {
+    /// Not `GET`.
+    Method,
+    /// `Upgrade: websocket` or `Connection: upgrade` missing.
+    NotUpgrade,
+    /// `Sec-WebSocket-Version` other than 13.
+    Version,
+    /// `Sec-WebSocket-Key` missing.
+    MissingKey,
+}
+
+impl BadHandshake {
+    fn response(&self) -> Response<Body> {
+        match self {
+            BadHandshake::Method => error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "WebSocket upgrade needs GET"),
+            BadHandshake::NotUpgrade => {
+                let mut r = error(StatusCode::UPGRADE_REQUIRED, "bad_request", "this path speaks WebSocket only");
+                r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                r
+            }
+            BadHandshake::Version => {
+                let mut r = error(StatusCode::UPGRADE_REQUIRED, "bad_request", "unsupported WebSocket version");
+                r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                r
+            }
+            BadHandshake::MissingKey => error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key"),
+        }
     }
-    let h = req.headers();
-    let upgrade_ok =
-        h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let connection_ok = h
+}
+
+/// The protocol checks of a handshake, pure (unit-tested and fuzzed): the
+/// `Sec-WebSocket-Accept` value on success.
+pub fn check(method: &Method, headers: &HeaderMap) -> Result<String, BadHandshake> {
+    if method != Method::GET {
+        return Err(BadHandshake::Method);
+    }
+    let upgrade_ok = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")));
+    let connection_ok = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if !upgrade_ok || !connection_ok {
-        let mut r = error(StatusCode::UPGRADE_REQUIRED, "bad_request", "this path speaks WebSocket only");
-        r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return r;
+        return Err(BadHandshake::NotUpgrade);
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut r = error(StatusCode::UPGRADE_REQUIRED, "bad_request", "unsupported WebSocket version");
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return r;
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(BadHandshake::Version);
     }
-    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
-        return error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key");
-    };
-    let accept = derive_accept_key(key.as_bytes());
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(BadHandshake::MissingKey)?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
 
-    // Origin and token first: a refused client costs no backend round trip.
+/// A handshake that may go ahead.
+struct Admitted {
+    accept: String,
+    identity: Identity,
+    slot: Admission,
+}
+
+/// Everything that can refuse a handshake, in order of cost: protocol checks, origin and
+/// token (no backend round trip for a refused client), draining, readiness, the connection
+/// cap, and the anonymous id.
+async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refused, Response<Body>)> {
+    let accept = check(req.method(), req.headers()).map_err(|e| (Refused::BadRequest, e.response()))?;
     let user = match node.auth.check(req.headers(), req.uri().query()) {
         Ok(user) => user,
-        Err(Refusal::Unauthorized(m)) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &m),
-        Err(Refusal::Forbidden(m)) => return error(StatusCode::FORBIDDEN, "forbidden", &m),
+        Err(Refusal::Unauthorized(m)) => {
+            return Err((Refused::Unauthorized, error(StatusCode::UNAUTHORIZED, "unauthorized", &m)));
+        }
+        Err(Refusal::Forbidden(m)) => return Err((Refused::Forbidden, error(StatusCode::FORBIDDEN, "forbidden", &m))),
     };
+    let unavailable_because = |why, msg| (why, error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg));
     if node.is_draining() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "server is shutting down");
+        return Err(unavailable_because(Refused::Draining, "server is shutting down"));
     }
     if !node.is_ready() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a backend is unreachable");
+        return Err(unavailable_because(Refused::Unavailable, "a backend is unreachable"));
     }
-    let Some(slot) = node.admit() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "connection limit reached");
-    };
+    let slot = node.admit().ok_or_else(|| unavailable_because(Refused::Limit, "connection limit reached"))?;
     let identity = match user {
         Some(user) => Identity::User(user),
         None => match node.presence.allocate_id().await {
             Ok(id) => Identity::Anonymous(id),
-            Err(e) => return unavailable(&e),
+            Err(e) => return Err((Refused::Unavailable, unavailable(&e))),
         },
     };
+    Ok(Admitted { accept, identity, slot })
+}
 
+/// RFC 6455 §4.2 server handshake. On success the connection is handed to a session task
+/// once hyper releases the socket.
+pub(super) async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
+    let Admitted { accept, identity, slot } = match admit(&req, &node).await {
+        Ok(a) => a,
+        Err((why, response)) => {
+            node.metrics.refused(why);
+            return response;
+        }
+    };
+    node.metrics.accepted.inc();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_node = node.clone();
     node.sessions.spawn(async move {

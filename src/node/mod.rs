@@ -18,25 +18,37 @@ use tracing::warn;
 
 pub use heartbeat::Clock;
 
+/// The live nodes of the cluster for `GET /api/nodes`: what the others last reported, and this
+/// node as it is now.
+pub async fn cluster_nodes(node: &Node) -> Result<Vec<NodeInfo>, BackendError> {
+    let me = node.stats.info();
+    let mut nodes: Vec<NodeInfo> = node.presence.nodes().await?.into_iter().filter(|n| n.node != me.node).collect();
+    nodes.push(me);
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(nodes)
+}
+
 use crate::backend::amqp::AmqpBroker;
 use crate::backend::memory::{MemoryBroker, MemoryCluster, MemoryNetwork, MemoryPresence};
 use crate::backend::redis::RedisPresence;
-use crate::backend::{BackendError, Broker, Presence, chain};
+use crate::backend::{BackendError, Broker, NodeInfo, Presence, chain};
 use crate::config::Config;
 use crate::dispatch::{self, Dispatch, Limits};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, ScrapeGauge};
 use crate::router::Router;
 use crate::tasks::Tasks;
 
 /// Jobs each dispatcher shard queues before senders get `unavailable`.
 const DISPATCH_QUEUE: usize = 16_384;
 
-/// The backends a node runs on.
+/// The backends a node runs on, and the metrics they (and the node) record into.
 pub struct Backends {
     pub presence: Arc<dyn Presence>,
     pub broker: Arc<dyn Broker>,
     /// Random per process: part of every message id and of the node's lease.
     pub incarnation: u32,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -52,6 +64,7 @@ impl Backends {
             presence: Arc::new(MemoryPresence::standalone(node_id)),
             broker: Arc::new(MemoryBroker::solo()),
             incarnation: fastrand::u32(..),
+            metrics: Arc::default(),
         }
     }
 
@@ -62,6 +75,7 @@ impl Backends {
             presence: Arc::new(MemoryPresence::new(cluster.clone(), node_id)),
             broker: Arc::new(MemoryBroker::new(network.clone(), node_id)),
             incarnation: fastrand::u32(..),
+            metrics: Arc::default(),
         }
     }
 
@@ -71,6 +85,7 @@ impl Backends {
     pub fn from_config(config: &Config) -> Result<Self, BackendError> {
         let Some(endpoints) = config.cluster.endpoints() else { return Ok(Self::embedded(&config.node_id)) };
         let incarnation = fastrand::u32(..);
+        let metrics = Arc::new(Metrics::new());
         let c = &config.cluster;
         let presence = RedisPresence::new(crate::backend::redis::RedisConfig {
             connection: endpoints.redis.clone(),
@@ -78,6 +93,7 @@ impl Backends {
             node: config.node_id.clone(),
             incarnation,
             lease: c.node_ttl,
+            metrics: metrics.clone(),
         })?;
         let broker = AmqpBroker::new(crate::backend::amqp::AmqpConfig {
             url: endpoints.amqp_url.clone(),
@@ -88,8 +104,9 @@ impl Backends {
             prefetch: c.prefetch,
             buffer_bytes: c.broker_buffer_bytes,
             buffer_for: c.broker_buffer,
+            metrics: metrics.clone(),
         })?;
-        Ok(Backends { presence: Arc::new(presence), broker: Arc::new(broker), incarnation })
+        Ok(Backends { presence: Arc::new(presence), broker: Arc::new(broker), incarnation, metrics })
     }
 }
 
@@ -107,6 +124,27 @@ impl Identity {
         match self {
             Identity::Anonymous(id) => id.to_string(),
             Identity::User(u) => u.clone(),
+        }
+    }
+}
+
+/// What the node reports about itself (`GET /api/nodes`), read live.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    node: String,
+    hub: Arc<Hub>,
+    connections: Arc<AtomicUsize>,
+    /// Process start, ms since the epoch.
+    started: u64,
+}
+
+impl Stats {
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.node.clone(),
+            connections: self.connections.load(Ordering::Relaxed) as u64,
+            users: self.hub.user_count() as u64,
+            started: self.started,
         }
     }
 }
@@ -132,6 +170,8 @@ pub struct Node {
     /// Random per process: part of every message id, so ids stay unique across restarts.
     pub incarnation: u32,
     pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub stats: Stats,
     next_conn: AtomicU64,
     connections: Arc<AtomicUsize>,
     started: AtomicBool,
@@ -154,6 +194,7 @@ impl Node {
     /// Builds the node's parts. Spawns nothing: see [`start`](Self::start).
     pub fn new(config: Config, backends: Backends) -> Arc<Node> {
         let hub = Arc::new(Hub::new(config.shards));
+        let metrics = backends.metrics;
         let remote = (!backends.broker.is_solo()).then(|| {
             let c = &config.cluster;
             Dispatch::new(
@@ -163,18 +204,31 @@ impl Node {
                 config.workers,
                 DISPATCH_QUEUE,
                 Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames, pacing: c.publish_pacing },
+                metrics.clone(),
             )
         });
+        let connections = Arc::new(AtomicUsize::new(0));
+        let clock = Clock::default();
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let stats = Stats {
+            node: config.node_id.clone(),
+            hub: hub.clone(),
+            connections: connections.clone(),
+            started: started as u64,
+        };
+        register_gauges(&metrics, &hub, &connections, clock);
         Arc::new(Node {
             auth: crate::auth::Auth::new(config.jwt_secret.as_deref(), config.allowed_origins.clone()),
-            router: Arc::new(Router::new(hub.clone(), remote)),
+            router: Arc::new(Router::new(hub.clone(), remote, metrics.clone())),
             hub,
             presence: backends.presence,
             broker: backends.broker,
             incarnation: backends.incarnation,
-            clock: Clock::default(),
+            clock,
+            metrics,
+            stats,
             next_conn: AtomicU64::new(1),
-            connections: Arc::new(AtomicUsize::new(0)),
+            connections,
             started: AtomicBool::new(false),
             draining: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -192,7 +246,7 @@ impl Node {
         }
         let tasks = &self.tasks;
         self.presence.start(tasks);
-        self.broker.start(dispatch::inbox(self.hub.clone()), tasks);
+        self.broker.start(dispatch::inbox(self.hub.clone(), self.metrics.clone()), tasks);
         self.router.start(tasks);
         if let Some(period) = self.presence.upkeep_period() {
             let parts = upkeep::Parts {
@@ -200,6 +254,7 @@ impl Node {
                 broker: self.broker.clone(),
                 router: self.router.clone(),
                 hub: self.hub.clone(),
+                stats: self.stats.clone(),
             };
             tasks.spawn(upkeep::run(parts, period, self.draining_signal()));
         }
@@ -276,6 +331,30 @@ impl Node {
             warn!(id, error = %chain(&e), "could not release id");
         }
     }
+}
+
+/// The node's gauges that are read when scraped rather than kept on the hot path.
+fn register_gauges(metrics: &Metrics, hub: &Arc<Hub>, connections: &Arc<AtomicUsize>, clock: Clock) {
+    let open = connections.clone();
+    metrics.register_collector(Box::new(ScrapeGauge {
+        name: "connections",
+        help: "WebSocket connections open (or being opened)",
+        unit: None,
+        value: Box::new(move || open.load(Ordering::Relaxed) as i64),
+    }));
+    let hub = hub.clone();
+    metrics.register_collector(Box::new(ScrapeGauge {
+        name: "outbox_queued",
+        help: "Bytes queued in client outboxes, not yet taken by their writers",
+        unit: Some(prometheus_client::registry::Unit::Bytes),
+        value: Box::new(move || hub.connections().iter().map(|c| c.outbox.queued_bytes()).sum::<usize>() as i64),
+    }));
+    metrics.register_collector(Box::new(ScrapeGauge {
+        name: "uptime",
+        help: "Time since the node started",
+        unit: Some(prometheus_client::registry::Unit::Seconds),
+        value: Box::new(move || (clock.now_ms() / 1000) as i64),
+    }));
 }
 
 /// The close frame every client gets at shutdown.

@@ -22,6 +22,7 @@ pub struct Parts {
     pub broker: Arc<dyn Broker>,
     pub router: Arc<Router>,
     pub hub: Arc<Hub>,
+    pub stats: super::Stats,
 }
 
 /// Every `period` until `draining`: refresh the lease, sweep dead nodes, re-sync after an
@@ -46,6 +47,7 @@ pub async fn run(parts: Parts, period: Duration, draining: WaitForCancellationFu
                 }
             }
         }
+        parts.presence.report(parts.stats.info());
         let m = match parts.presence.maintain().await {
             Ok(m) => m,
             Err(e) => {

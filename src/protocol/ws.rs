@@ -71,6 +71,16 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     frame(OP_CLOSE, &payload)
 }
 
+/// The status code of a close frame built by [`close_frame`] (`None` for anything else).
+pub fn close_code(frame: &[u8]) -> Option<u16> {
+    match frame {
+        [first, len, hi, lo, ..] if *first == 0x80 | OP_CLOSE && (2..126).contains(len) => {
+            Some(u16::from_be_bytes([*hi, *lo]))
+        }
+        _ => None,
+    }
+}
+
 /// The server's heartbeat ping (empty payload).
 pub fn ping_frame() -> Bytes {
     Bytes::from_static(&[0x80 | OP_PING, 0])
@@ -99,6 +109,9 @@ mod tests {
     fn close_frame_layout() {
         let f = close_frame(1013, "slow consumer");
         assert_eq!(&f[..4], &[0x88, 15, 0x03, 0xf5]);
+        assert_eq!(close_code(&f), Some(1013));
+        assert_eq!(close_code(&ping_frame()), None);
+        assert_eq!(close_code(b""), None);
         assert_eq!(&f[4..], b"slow consumer");
         let long = "é".repeat(100);
         let f = close_frame(1000, &long);

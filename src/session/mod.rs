@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::backend::chain;
 use crate::delivery::{AckTo, Target};
 use crate::hub::Conn;
+use crate::metrics::FrameKind;
 use crate::node::{Admission, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
@@ -41,8 +42,9 @@ const READ_BUFFER: usize = 4096;
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client closed (close frame or EOF) or the socket failed.
-    Client,
+    /// The client closed (with the code of its close frame; `None`: EOF, or the socket
+    /// failed).
+    Client(Option<u16>),
     /// The gateway queued a close frame.
     Server,
     /// The outbox overflowed (slow consumer) or the writer failed.
@@ -130,6 +132,19 @@ async fn serve(mut session: Session, writer: tokio::task::JoinHandle<()>, _slot:
     Box::pin(session.finish(end, writer)).await;
 }
 
+/// The metrics label of a request.
+fn frame_kind(r: &Request<'_>) -> FrameKind {
+    match r {
+        Request::Once { .. } => FrameKind::Once,
+        Request::Group { .. } => FrameKind::Group,
+        Request::Join { .. } => FrameKind::Join,
+        Request::Leave { .. } => FrameKind::Leave,
+        Request::Online => FrameKind::Online,
+        Request::Members { .. } => FrameKind::Members,
+        Request::Ping => FrameKind::Ping,
+    }
+}
+
 /// A request that needs a presence round trip, with what its reply needs (owned).
 enum Call {
     Join(Box<str>, Option<Box<str>>),
@@ -164,7 +179,7 @@ impl Session {
                 msg = self.stream.next() => {
                     let msg = match msg {
                         Some(Ok(msg)) => msg,
-                        None => break End::Client,
+                        None => break End::Client(None),
                         Some(Err(e)) => break self.on_read_error(e),
                     };
                     let now = Instant::now();
@@ -178,11 +193,14 @@ impl Session {
                             }
                             Err(end) => break end,
                         },
-                        Message::Binary(_) => match self.rate_check(None, now) {
-                            Ok(()) => self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
-                            Err(Some(end)) => break end,
-                            Err(None) => {}
-                        },
+                        Message::Binary(_) => {
+                            node.metrics.frame(FrameKind::Binary);
+                            match self.rate_check(None, now) {
+                                Ok(()) => self.error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames"),
+                                Err(Some(end)) => break end,
+                                Err(None) => {}
+                            }
+                        }
                         Message::Ping(_) => {
                             if let Err(Some(end)) = self.rate_check(None, now) {
                                 break end;
@@ -190,7 +208,7 @@ impl Session {
                         }
                         Message::Pong(_) | Message::Frame(_) => {}
                         // tungstenite has queued the close echo through `Duplex`.
-                        Message::Close(_) => break End::Client,
+                        Message::Close(frame) => break End::Client(Some(frame.map_or(1005, |f| u16::from(f.code)))),
                     }
                 }
                 phase = &mut ended => break match phase {
@@ -217,7 +235,7 @@ impl Session {
             // Resets, EOF without a close frame: I/O, not worth more than debug.
             e => {
                 debug!(conn = self.conn.id, error = %e, "read ended");
-                End::Client
+                End::Client(None)
             }
         }
     }
@@ -233,6 +251,7 @@ impl Session {
     }
 
     fn error(&self, id: Option<&str>, code: ErrorCode, message: &str) {
+        self.node.metrics.error(code);
         self.reply(encode::error(id, code, message));
     }
 
@@ -266,17 +285,19 @@ impl Session {
         let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => {
+                self.node.metrics.frame(FrameKind::Invalid);
                 self.error(e.id, ErrorCode::BadRequest, &e.message);
                 return Ok(None);
             }
         };
+        self.node.metrics.frame(frame_kind(&frame.request));
         let id = frame.id;
         let owned_id = || id.map(Box::<str>::from);
         match frame.request {
             Request::Once { to, content } => {
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Once, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Target::User(&to), &msg, AckTo { conn: &self.conn, id, mid });
+                self.node.router.send(Target::User(&to), &msg, AckTo { conn: &self.conn, id, mid, read_at: now });
             }
             Request::Group { to, content } => {
                 if !self.groups.contains(&*to) {
@@ -285,7 +306,7 @@ impl Session {
                 }
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Group, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Target::Group(&to), &msg, AckTo { conn: &self.conn, id, mid });
+                self.node.router.send(Target::Group(&to), &msg, AckTo { conn: &self.conn, id, mid, read_at: now });
             }
             Request::Join { group } => return Ok(Some(Call::Join(group.into(), owned_id()))),
             Request::Leave { group } => return Ok(Some(Call::Leave(group.into(), owned_id()))),
@@ -365,9 +386,19 @@ impl Session {
     /// orderly.
     async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
         debug!(user = %self.conn.user, conn = self.conn.id, ?end, "connection ending");
-        if end == End::Client {
+        if matches!(end, End::Client(_)) {
             self.conn.outbox.close_with(Bytes::new());
         }
+        let metrics = &self.node.metrics;
+        metrics.disconnect(match end {
+            End::Client(code) => code,
+            End::Server => self.conn.outbox.close_code(),
+            End::Output if self.conn.outbox.phase() == Phase::SlowConsumer => {
+                metrics.slow_consumers.inc();
+                Some(ws::close::TRY_AGAIN_LATER)
+            }
+            End::Output => None,
+        });
         self.leave_everything().await;
         let stream = &mut self.stream;
         let linger = async {
@@ -377,7 +408,9 @@ impl Session {
                 while matches!(stream.get_mut().rd.read(&mut sink).await, Ok(n) if n > 0) {}
             }
         };
-        let _ = tokio::time::timeout(CLOSE_LINGER + crate::writer::SLOW_CLOSE_TIMEOUT, linger).await;
+        if tokio::time::timeout(CLOSE_LINGER + crate::writer::SLOW_CLOSE_TIMEOUT, linger).await.is_err() {
+            self.node.metrics.linger_timeouts.inc();
+        }
     }
 
     /// Removes the connection from the hub and presence, and tells groups it left.

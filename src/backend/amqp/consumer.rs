@@ -90,6 +90,9 @@ async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Res
         .basic_consume(queue.as_str().into(), format!("chatgate-{}", cfg.node).into(), opts, FieldTable::default())
         .await?;
     info!(queue = %queue, "consuming from RabbitMQ");
+    if !first {
+        cfg.metrics.broker.reconnected(crate::metrics::Link::Consume);
+    }
     shared.consumer_up.store(true, Ordering::Relaxed);
     let mut unacked = None;
     let mut count = 0u32;

@@ -55,6 +55,7 @@ pub struct AmqpConfig {
     pub buffer_bytes: usize,
     /// How long a batch may wait for the broker before its messages fail.
     pub buffer_for: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AmqpConfig {

@@ -15,19 +15,22 @@ use tracing::{debug, info, trace, warn};
 
 use super::{Request, Shared, connect, declare_exchange};
 use crate::backend::{BackendError, BoxFuture, chain, retry};
+use crate::metrics::Link;
 
 pub(super) struct Publisher {
     shared: Arc<Shared>,
     /// Batches waiting for a connection, oldest first.
     buffer: VecDeque<Request>,
     buffered_bytes: usize,
+    /// Connections made so far (the second and later are reconnects).
+    connections: u64,
 }
 
 type Inflight = FuturesUnordered<BoxFuture<'static, ()>>;
 
 impl Publisher {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Publisher { shared, buffer: VecDeque::new(), buffered_bytes: 0 }
+        Publisher { shared, buffer: VecDeque::new(), buffered_bytes: 0, connections: 0 }
     }
 
     /// Connects, publishes, reconnects, until a `Close` request (or every handle is gone).
@@ -59,6 +62,10 @@ impl Publisher {
             };
             let (connection, channel) = conn;
             info!("publisher connected to RabbitMQ");
+            self.connections += 1;
+            if self.connections > 1 {
+                self.shared.cfg.metrics.broker.reconnected(Link::Publish);
+            }
             self.shared.publisher_up.store(true, Ordering::Relaxed);
             let closing = self.serve(&channel, &mut rx).await;
             self.shared.publisher_up.store(false, Ordering::Relaxed);
@@ -80,6 +87,11 @@ impl Publisher {
         Ok((conn, ch))
     }
 
+    /// Publishes the outage buffer's size.
+    fn gauge(&self) {
+        self.shared.cfg.metrics.broker.buffered_bytes.set(self.buffered_bytes as i64);
+    }
+
     /// Buffers a request while disconnected. Returns `true` on `Close`.
     fn hold(&mut self, req: Request) -> bool {
         match req {
@@ -90,6 +102,7 @@ impl Publisher {
                     }
                 } else {
                     self.buffered_bytes += batch.len();
+                    self.gauge();
                     self.buffer.push_back(req);
                 }
                 false
@@ -119,6 +132,7 @@ impl Publisher {
             }
             if let Some(Request::Publish { batch, done, .. }) = self.buffer.pop_front() {
                 self.buffered_bytes -= batch.len();
+                self.gauge();
                 let _ = done.send(Err(BackendError::broker("unreachable for longer than the outage buffer holds")));
             }
         }
@@ -131,6 +145,7 @@ impl Publisher {
         while let Some(req) = self.buffer.pop_front() {
             if let Request::Publish { batch, .. } = &req {
                 self.buffered_bytes -= batch.len();
+                self.gauge();
             }
             if let Err(req) = self.send(ch, req, &mut inflight).await {
                 // Still unreachable: put it back and reconnect.
@@ -169,6 +184,7 @@ impl Publisher {
     fn hold_front(&mut self, req: Request) {
         if let Request::Publish { batch, .. } = &req {
             self.buffered_bytes += batch.len();
+            self.gauge();
         }
         self.buffer.push_front(req);
     }

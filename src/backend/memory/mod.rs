@@ -62,6 +62,8 @@ struct State {
     node_members: HashMap<Arc<str>, HashMap<Box<str>, u32>>,
     /// node → when its lease runs out (only with [`MemoryCluster::with_lease`]).
     leases: HashMap<Arc<str>, Instant>,
+    /// node → what it last reported.
+    reports: HashMap<Arc<str>, crate::backend::NodeInfo>,
 }
 
 impl State {
@@ -142,6 +144,7 @@ impl State {
         }
         self.node_members.remove(node);
         self.leases.remove(node);
+        self.reports.remove(node);
         left
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{MemoryCluster, PerNode, bump_node};
-use crate::backend::{BackendError, BoxFuture, Maintenance, Presence, Target, sort_users};
+use crate::backend::{BackendError, BoxFuture, Maintenance, NodeInfo, Presence, Target, sort_users};
 
 /// This node's view of a [`MemoryCluster`].
 #[derive(Debug, Clone)]
@@ -110,6 +110,16 @@ impl Presence for MemoryPresence {
 
     fn upkeep_period(&self) -> Option<std::time::Duration> {
         self.cluster.lease.map(|lease| lease / 3)
+    }
+
+    fn report(&self, me: NodeInfo) {
+        self.cluster.state.lock().reports.insert(self.node.clone(), me);
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        let mut nodes: Vec<NodeInfo> = self.cluster.state.lock().reports.values().cloned().collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Self::now(nodes)
     }
 
     /// Refreshes this node's lease and sweeps the nodes whose lease ran out (in-process

@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use commands::{Commands, Write};
 use writer::{Op, WriteOp, Writer};
 
-use super::{BackendError, BoxFuture, Maintenance, Presence, Target, retry, sort_users};
+use super::{BackendError, BoxFuture, Maintenance, NodeInfo, Presence, Target, retry, sort_users};
+use crate::metrics::{Metrics, PresenceOp};
 use crate::tasks::Tasks;
 
 /// Writes queued for the writer task before callers wait.
@@ -47,17 +48,21 @@ pub struct RedisConfig {
     pub incarnation: u32,
     /// Node lease; upkeep runs every third of it.
     pub lease: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the presence handle and the writer task share.
 struct Shared {
     conn: ConnectionManager,
+    metrics: Arc<Metrics>,
     keys: Commands,
     node: String,
     /// The first upkeep (which clears a previous incarnation's leftovers) has run.
     ready: AtomicBool,
     /// The last round trip succeeded.
     healthy: AtomicBool,
+    /// What this node reports about itself at the next upkeep.
+    report: Mutex<Option<NodeInfo>>,
 }
 
 impl Shared {
@@ -97,10 +102,12 @@ impl RedisPresence {
         let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)?;
         let shared = Arc::new(Shared {
             conn,
+            metrics: cfg.metrics.clone(),
             keys: Commands::new(&cfg.cluster, &cfg.node),
             node: cfg.node.clone(),
             ready: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
+            report: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = Writer::new(shared.clone(), cfg.incarnation, cfg.lease);
@@ -121,9 +128,14 @@ impl RedisPresence {
         })
     }
 
-    async fn read<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, BackendError> {
+    async fn read<T: redis::FromRedisValue>(&self, op: PresenceOp, pipe: redis::Pipeline) -> Result<T, BackendError> {
         let mut conn = self.shared.conn.clone();
-        pipe.query_async(&mut conn).await.map_err(|e| self.shared.down(e))
+        let m = &self.shared.metrics.presence;
+        m.op(op);
+        let started = std::time::Instant::now();
+        let res = pipe.query_async(&mut conn).await.map_err(|e| self.shared.down(e));
+        m.latency.observe_duration(started.elapsed());
+        res
     }
 }
 
@@ -169,14 +181,14 @@ impl Presence for RedisPresence {
     fn online_count(&self) -> BoxFuture<'_, Result<u64, BackendError>> {
         let mut pipe = redis::pipe();
         pipe.cmd("SCARD").arg(&self.shared.keys.online);
-        Box::pin(async move { self.read::<(u64,)>(pipe).await.map(|(n,)| n) })
+        Box::pin(async move { self.read::<(u64,)>(PresenceOp::Read, pipe).await.map(|(n,)| n) })
     }
 
     fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
         let mut pipe = redis::pipe();
         pipe.cmd("HKEYS").arg(self.shared.keys.key("g", group));
         Box::pin(async move {
-            let (mut users,): (Vec<String>,) = self.read(pipe).await?;
+            let (mut users,): (Vec<String>,) = self.read(PresenceOp::Read, pipe).await?;
             sort_users(&mut users);
             Ok(users)
         })
@@ -195,7 +207,7 @@ impl Presence for RedisPresence {
             if targets.is_empty() {
                 return Ok(Vec::new());
             }
-            self.read(pipe).await
+            self.read(PresenceOp::Locate, pipe).await
         })
     }
 
@@ -213,5 +225,40 @@ impl Presence for RedisPresence {
 
     fn maintain(&self) -> BoxFuture<'_, Result<Maintenance, BackendError>> {
         self.call(Op::Maintain)
+    }
+
+    fn report(&self, me: NodeInfo) {
+        *self.shared.report.lock() = Some(me);
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, BackendError>> {
+        Box::pin(async move {
+            let keys = &self.shared.keys;
+            let mut list = redis::pipe();
+            list.cmd("SMEMBERS").arg(format!("{}nodes", keys.prefix));
+            let (mut nodes,): (Vec<String>,) = self.read(PresenceOp::Read, list).await?;
+            nodes.sort();
+            let mut pipe = redis::pipe();
+            for n in &nodes {
+                pipe.cmd("EXISTS").arg(keys.key("lease", n));
+                pipe.cmd("HGETALL").arg(keys.key("info", n));
+            }
+            let replies: Vec<redis::Value> = self.read(PresenceOp::Read, pipe).await?;
+            let mut out = Vec::new();
+            for (node, pair) in nodes.into_iter().zip(replies.chunks_exact(2)) {
+                let alive: bool = commands::parse(pair[0].clone())?;
+                let info: std::collections::HashMap<String, u64> = commands::parse(pair[1].clone())?;
+                if alive {
+                    let get = |k: &str| info.get(k).copied().unwrap_or(0);
+                    out.push(NodeInfo {
+                        connections: get("connections"),
+                        users: get("users"),
+                        started: get("started"),
+                        node,
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 }

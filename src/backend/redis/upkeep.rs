@@ -11,9 +11,11 @@ use super::commands::{Write, exec, one, parse};
 use super::scripts;
 use super::writer::{Ledger, MAX_PIPELINE, Writer};
 use crate::backend::{BackendError, Maintenance};
+use crate::metrics::PresenceOp;
 
 impl Writer {
     pub(super) async fn maintain(&mut self) -> Result<Maintenance, BackendError> {
+        self.shared.metrics.presence.op(PresenceOp::Maintain);
         let res = self.try_maintain().await;
         match &res {
             Ok(_) => self.shared.healthy.store(true, Ordering::Relaxed),
@@ -40,6 +42,23 @@ impl Writer {
         let held = sh.ready.load(Ordering::Relaxed);
         hb.arg(&self.incarnation).arg(self.lease_ms).arg(if held { "1" } else { "0" });
         let ours: i64 = one(&sh.conn, hb).await?;
+        let report = sh.report.lock().take();
+        if let Some(me) = report {
+            let key = sh.keys.key("info", &sh.node);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("connections")
+                .arg(me.connections)
+                .arg("users")
+                .arg(me.users)
+                .arg("started")
+                .arg(me.started)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(2 * self.lease_ms).ignore();
+            let mut conn = sh.conn.clone();
+            let () = pipe.query_async(&mut conn).await.map_err(|e| sh.down(e))?;
+        }
         if !sh.ready.swap(true, Ordering::Relaxed) {
             info!(node = %sh.node, "presence store ready");
         } else if ours == 0 {
@@ -47,6 +66,9 @@ impl Writer {
             self.dirty = true;
         }
         if self.dirty {
+            if ours == 0 {
+                sh.metrics.presence.resyncs.inc();
+            }
             self.reconcile(&mut m, ours == 0).await?;
             self.dirty = false;
         }
@@ -200,6 +222,7 @@ impl Writer {
             }
             if let Some(left) = self.sweep(n, false).await? {
                 info!(dead = %n, leaves = left.len(), "swept a dead node");
+                sh.metrics.presence.swept.inc();
                 m.left.extend(left);
                 m.swept.push(n.clone());
             }
@@ -224,6 +247,9 @@ impl Writer {
         if !left.is_empty() {
             warn!(leaves = left.len(), "memberships were still registered at shutdown; removed");
         }
+        let mut conn = self.shared.conn.clone();
+        let info = self.shared.keys.key("info", &self.shared.node);
+        let () = redis::cmd("DEL").arg(info).query_async(&mut conn).await.map_err(|e| self.shared.down(e))?;
         self.ledger = Ledger::default();
         Ok(())
     }

@@ -14,6 +14,7 @@ use tracing::debug;
 use super::Shared;
 use super::commands::{Write, exec, parse};
 use crate::backend::{BackendError, Maintenance, chain};
+use crate::metrics::PresenceOp;
 
 /// Writes per pipeline, and commands per reconciliation pipeline.
 pub(super) const MAX_PIPELINE: usize = 512;
@@ -157,7 +158,13 @@ impl Writer {
             WriteOp::Leave(user, group, _) => Write::AdjustMember { group, user, delta: -1 },
         });
         let cmds: Vec<Cmd> = writes.map(|w| sh.keys.write(w)).collect();
-        let results = match exec(&sh.conn, &cmds).await {
+        let m = &sh.metrics.presence;
+        m.op(PresenceOp::Write);
+        m.pipeline_size.observe_count(cmds.len() as u64);
+        let started = std::time::Instant::now();
+        let results = exec(&sh.conn, &cmds).await;
+        m.latency.observe_duration(started.elapsed());
+        let results = match results {
             Ok(v) => {
                 sh.healthy.store(true, Ordering::Relaxed);
                 v.into_iter().map(Some).collect()
