@@ -59,6 +59,12 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
             }
         };
         let _ = stream.set_nodelay(true);
+        let unsent = node.config.kernel_unsent_bytes;
+        if unsent > 0 {
+            // Bounds what a client that stops reading can park in the kernel: writes stall
+            // there early and the outbox's bounds (slow consumer, 1013) take over.
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(unsent);
+        }
         let node = node.clone();
         let mut stop = http_stop_rx.clone();
         http_conns.spawn(async move {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::Instant;
 
 use crate::hub::Conn;
 use crate::outbox::Phase;
@@ -21,14 +22,29 @@ use crate::protocol::ws;
 /// Frames per `writev` call (the array lives on the stack only while polling).
 const IOV_BATCH: usize = 128;
 
-/// How long a connection that is being dropped as a slow consumer gets to take the rest of
-/// its current frame and the 1013 close frame.
-pub const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Once a connection is closing (any close: 1001, 1008, 1009, 1013, 4000, or the client's),
+/// how long the writer may take to send what is left and the close frame. A client that
+/// stops reading would otherwise hold the socket, its kernel buffers and the task forever:
+/// past this the socket is reset.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Everything queued, the close frame last, was written, then FIN.
+    Closed,
+    /// The client did not take it within [`CLOSE_LINGER`]: the socket was reset.
+    Aborted,
+    /// The socket failed.
+    Dead,
+}
 
 /// Runs until the connection's output ends. Never panics on I/O; failures mark the outbox
 /// dead, which wakes the session.
-pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) {
+pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) -> Finish {
     let mut batch: VecDeque<Bytes> = VecDeque::new();
+    // Set once the connection is closing: the end of its linger.
+    let mut deadline: Option<Instant> = None;
     loop {
         if batch.is_empty() {
             match conn.outbox.take(&mut batch) {
@@ -42,12 +58,18 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) {
                     continue;
                 }
                 Phase::Closing if batch.is_empty() => {
-                    let _ = wr.shutdown().await;
-                    return;
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
+                    return match tokio::time::timeout_at(until, wr.shutdown()).await {
+                        Ok(_) => Finish::Closed,
+                        Err(_) => abort(&conn, &wr),
+                    };
                 }
-                Phase::SlowConsumer => return slow_consumer(&mut wr, &mut batch).await,
-                Phase::Dead => return,
-                Phase::Open | Phase::Closing => {}
+                Phase::SlowConsumer => return slow_consumer(&conn, &mut wr, &mut batch).await,
+                Phase::Dead => return Finish::Dead,
+                Phase::Closing => {
+                    deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
+                }
+                Phase::Open => {}
             }
         }
         tokio::select! {
@@ -55,23 +77,26 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) {
             res = write_some(&mut wr, &mut batch) => {
                 if res.is_err() {
                     conn.outbox.mark_dead();
-                    return;
+                    return Finish::Dead;
                 }
             }
-            // Frames arriving while a write is pending only need a wake-up if they made the
-            // client a slow consumer; otherwise the next `take` collects them.
-            () = conn.outbox.writer_wakeup() => {
-                if conn.outbox.phase() == Phase::SlowConsumer {
-                    return slow_consumer(&mut wr, &mut batch).await;
+            // Frames arriving while a write is pending only need a wake-up if they changed
+            // the phase; otherwise the next `take` collects them.
+            () = conn.outbox.writer_wakeup() => match conn.outbox.phase() {
+                Phase::SlowConsumer => return slow_consumer(&conn, &mut wr, &mut batch).await,
+                Phase::Closing => {
+                    deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
                 }
-            }
+                _ => {}
+            },
+            () = sleep_until(deadline), if deadline.is_some() => return abort(&conn, &wr),
         }
     }
 }
 
 /// Finishes the frame already partly on the wire (so the stream stays well-formed), then
 /// sends close 1013 and ends. Frames not yet started are dropped.
-async fn slow_consumer(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) {
+async fn slow_consumer(conn: &Conn, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> Finish {
     // `write_some` advances the front frame as it is written, so a partly written frame is
     // the only one whose remaining bytes differ from a fresh frame: we cannot tell, so we
     // keep the front frame (complete or partial) and drop the rest.
@@ -83,7 +108,26 @@ async fn slow_consumer(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) {
         }
         wr.shutdown().await
     };
-    let _ = tokio::time::timeout(SLOW_CLOSE_TIMEOUT, flush).await;
+    match tokio::time::timeout(CLOSE_LINGER, flush).await {
+        Ok(Ok(())) => Finish::Closed,
+        Ok(Err(_)) => Finish::Dead,
+        Err(_) => abort(conn, wr),
+    }
+}
+
+/// Resets the socket (`SO_LINGER` 0): the kernel drops what it still holds for the client at
+/// once instead of keeping it for as long as the client stays silent.
+fn abort(conn: &Conn, wr: &OwnedWriteHalf) -> Finish {
+    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
+    conn.outbox.mark_dead();
+    Finish::Aborted
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One write of the front of `batch` (vectored when more than one frame is queued);

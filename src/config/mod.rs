@@ -66,6 +66,9 @@ pub struct Config {
     /// WebSocket connections per node; more get HTTP 503.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", default_value = "100000", value_parser = ranged::<usize>(1, 10_000_000))]
     pub max_connections: usize,
+    /// Most bytes a connection's socket may hold unsent in the kernel (TCP_NOTSENT_LOWAT); the rest waits in the outbox, whose bounds then apply to a client that stops reading. 0: the kernel's default (megabytes).
+    #[arg(long, env = "CHAT_KERNEL_UNSENT_BYTES", value_name = "CHAT_KERNEL_UNSENT_BYTES", default_value = "131072", value_parser = ranged::<u32>(0, 1 << 30))]
+    pub kernel_unsent_bytes: u32,
     /// Groups one connection may join.
     #[arg(long = "max-groups-per-conn", env = "CHAT_MAX_GROUPS_PER_CONN", value_name = "CHAT_MAX_GROUPS_PER_CONN", default_value = "1000", value_parser = ranged::<usize>(1, 1_000_000))]
     pub max_groups: usize,
@@ -92,6 +95,10 @@ pub struct Config {
     pub log_filter: String,
     #[command(flatten)]
     pub cluster: ClusterConfig,
+    /// Echo every client message back instead of treating it as a request (the conformance
+    /// harness, `examples/echo.rs`): no variable or flag, so never on in production.
+    #[arg(skip)]
+    pub echo: bool,
 }
 
 /// Log output format.

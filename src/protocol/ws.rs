@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const MAX_HEADER: usize = 10;
 
 pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 

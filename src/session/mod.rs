@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,11 +30,8 @@ use crate::node::{Admission, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::writer::{CLOSE_LINGER, Finish};
 use duplex::Duplex;
-
-/// After the gateway sends a close frame, how long it keeps reading for the client's close
-/// and FIN before dropping the socket (closing with unread input would send a RST).
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Read-side buffer: enough for typical chat frames, small enough for many idle sockets.
 const READ_BUFFER: usize = 4096;
@@ -89,7 +86,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         node.hub.remove_user(&conn);
         node.release_identity(&identity).await;
         let close = ws::close_frame(ws::close::TRY_AGAIN_LATER, "presence store unavailable");
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let _ = tokio::time::timeout(crate::writer::CLOSE_LINGER, async {
             let _ = wr.write_all(&close).await;
             let _ = wr.shutdown().await;
         })
@@ -127,7 +124,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
 /// The established connection: read until it ends, then clean up and close in order.
 /// Every byte of this future is held by every idle connection, so the end of life is boxed
 /// and only allocated when it comes.
-async fn serve(mut session: Session, writer: tokio::task::JoinHandle<()>, _slot: Admission) {
+async fn serve(mut session: Session, writer: tokio::task::JoinHandle<Finish>, _slot: Admission) {
     let end = session.read_loop().await;
     Box::pin(session.finish(end, writer)).await;
 }
@@ -184,6 +181,10 @@ impl Session {
                     };
                     let now = Instant::now();
                     conn.seen(node.clock.ms_at(now));
+                    if node.config.echo && matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                        self.echo(msg);
+                        continue;
+                    }
                     match msg {
                         Message::Text(text) => match self.on_text(&text, now) {
                             Ok(None) => {}
@@ -207,8 +208,12 @@ impl Session {
                             }
                         }
                         Message::Pong(_) | Message::Frame(_) => {}
-                        // tungstenite has queued the close echo through `Duplex`.
-                        Message::Close(frame) => break End::Client(Some(frame.map_or(1005, |f| u16::from(f.code)))),
+                        Message::Close(frame) => {
+                            // tungstenite has set the reply (the same code, or 1002 for a code
+                            // a client may not send); flushing hands it to `Duplex`.
+                            let _ = self.stream.flush().await;
+                            break End::Client(Some(frame.map_or(1005, |f| u16::from(f.code))));
+                        }
                     }
                 }
                 phase = &mut ended => break match phase {
@@ -217,6 +222,16 @@ impl Session {
                     _ => End::Output,
                 },
             }
+        }
+    }
+
+    /// Conformance mode: data messages go back as they came, through the same outbox and
+    /// writer as every other frame; control frames and closes follow the normal path.
+    fn echo(&mut self, msg: Message) {
+        match msg {
+            Message::Text(t) => self.reply(ws::frame(ws::OP_TEXT, t.as_bytes())),
+            Message::Binary(b) => self.reply(ws::frame(ws::OP_BINARY, &b)),
+            _ => {}
         }
     }
 
@@ -384,7 +399,7 @@ impl Session {
     /// After the read loop: deregister, let the writer flush (it ends after the close frame,
     /// or at once if the socket died), then read until the client's FIN so the close is
     /// orderly.
-    async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+    async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<Finish>) {
         debug!(user = %self.conn.user, conn = self.conn.id, ?end, "connection ending");
         if matches!(end, End::Client(_)) {
             self.conn.outbox.close_with(Bytes::new());
@@ -400,16 +415,21 @@ impl Session {
             End::Output => None,
         });
         self.leave_everything().await;
-        let stream = &mut self.stream;
-        let linger = async {
-            let _ = writer.await;
-            if end != End::Output {
-                let mut sink = vec![0u8; 1024];
-                while matches!(stream.get_mut().rd.read(&mut sink).await, Ok(n) if n > 0) {}
-            }
+        // The writer ends within its own linger (it resets a client that does not take the
+        // close); then, after a clean close, read until the client's FIN, so the kernel never
+        // answers unread input with a reset, for at most one more linger.
+        let finish = writer.await.unwrap_or(Finish::Dead);
+        if finish != Finish::Closed || end == End::Output {
+            return;
+        }
+        let rd = &mut self.stream.get_mut().rd;
+        let fin = async {
+            let mut sink = [0u8; 512];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
         };
-        if tokio::time::timeout(CLOSE_LINGER + crate::writer::SLOW_CLOSE_TIMEOUT, linger).await.is_err() {
+        if tokio::time::timeout(CLOSE_LINGER, fin).await.is_err() {
             self.node.metrics.linger_timeouts.inc();
+            let _ = socket2::SockRef::from(rd.as_ref()).set_linger(Some(Duration::ZERO));
         }
     }
 

@@ -212,7 +212,18 @@ pub struct RawFrame {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> RawClient {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr, path).await
+    }
+
+    /// [`connect`](Self::connect) with `SO_RCVBUF` set first (a window that shuts early).
+    pub async fn connect_with_receive_buffer(addr: SocketAddr, path: &str, bytes: u32) -> RawClient {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let socket = socket.unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, path).await
+    }
+
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr, path: &str) -> RawClient {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
