@@ -1,74 +1,24 @@
-//! Command-line parsing: `chatgate-load <scenario> --url ws://HOST:PORT/ws [options]`.
+//! The command line: `chatgate-load <SCENARIO> [--url ws://HOST:PORT/ws]... [OPTIONS]`, on
+//! clap. [`Cli`] is what was typed; [`parse`] checks the combination and applies the
+//! scenario defaults into an [`Args`].
 //!
-//! Hand-rolled (no argument-parsing dependency): every option takes exactly one value,
-//! given as the next argument or after `=` (`--rate=max`).
+//! Every option takes exactly one value, as the next argument or after `=`; the value may
+//! start with `-` (a secret, or a negative number that the parser then refuses). A repeated
+//! option keeps its last value, except the lists (`--url`, `--src`, `--watch-pid`), which
+//! add up.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::ffi::OsString;
+use std::net::IpAddr;
 use std::time::Duration;
 
-/// Printed by `--help`.
-pub const USAGE: &str = "\
-chatgate-load: load generator for the chatgate WebSocket protocol
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 
-USAGE:
-    chatgate-load <SCENARIO> [--url ws://HOST:PORT/ws]... [OPTIONS]
+use crate::args::{Args, DEFAULT_URL, Mix, Rate, Scenario};
+use crate::values::{self, List, flatten};
 
-SCENARIOS:
-    fanout    C connections spread round-robin over G groups; S of them send group messages
-              to their group, R messages/s in total
-    direct    P pairs; pair i's sender is on url[i % n], its receiver on url[(i+1) % n], so
-              with several nodes every message crosses nodes; R messages/s in total
-    connect   open N connections as fast as --connect-concurrency allows, hold them for
-              --hold, close; reports connections/s, handshake latency and failures
-    mixed     chat-like: every connection joins --groups-per-conn static groups and sends
-              group messages, direct messages to random connected users (of its process) and
-              online/members/ping requests, weighted by --mix; R actions/s in total
-
-OPTIONS:
-    --url URL                 gateway endpoint, ws:// only; repeat or comma-separate for
-                              several nodes (connections round-robin) [default: ws://127.0.0.1:9000/ws]
-    --conns N                 connections [fanout/connect/mixed: 1000, direct: 2000 = 1000 pairs]
-    --pairs N                 direct: sender/receiver pairs (same as --conns 2N)
-    --groups G                groups [fanout: 1, mixed: conns/20]
-    --groups-per-conn K       groups each connection joins [fanout: 1, mixed: 2; at most G]
-    --senders S               fanout: sending connections, spread round-robin over the
-                              groups [default: 1]
-    --rate R|max              total messages/s over all senders, open loop: with r = R/senders,
-                              a sender's message n is due at start + phase + n/r (random phase);
-                              a late sender sends its backlog at once and latency counts from
-                              the due time
-                              [default: 1000]. `max`: each sender keeps up to --window
-                              messages un-acked, and senders wait while a connection of their
-                              process is owed more than 2 x --window deliveries by them
-    --window W                in-flight messages per sender with --rate max [default: 64]
-    --size B                  content bytes per message; k/m suffixes [default: 100]
-    --duration T              sending time; s (default unit), ms or m suffix [default: 10]
-    --hold T                  connect: how long the connections stay open [default: 5]
-    --drain T                 after sending, wait up to T for outstanding acks and
-                              deliveries (a single process stops early once all are in) [default: 3]
-    --mix G:D:R               mixed: weights of group messages, direct messages and
-                              requests [default: 60:30:10]
-    --src LIST                source addresses, round-robin over connections (each address
-                              has its own ~28k ephemeral ports): addresses and ranges,
-                              comma-separated: 127.0.0.1-127.0.0.8 or 127.0.0.1-8
-    --procs N                 run N child processes (this binary with --child I/N), each
-                              with every N-th connection and its share of senders and rate;
-                              a start barrier syncs them, results are merged [default: 1]
-    --connect-concurrency N   handshakes in flight per process [default: 256]
-    --connect-timeout T       per connection: TCP connect + upgrade + welcome, and joins
-                              [default: 10]
-    --read-buffer B           per-connection WebSocket read buffer [default: 8k]
-    --token-secret S          connect with ?token=<HS256 JWT, sub load-<connection index>>
-    --max-conn-errors N       tolerated connection errors: failed connects or joins and
-                              connections closed before the end [default: 0]
-    --watch-pid LIST          server processes (gateways, RabbitMQ, Redis) on this machine:
-                              report their CPU seconds over the measured window (sending +
-                              draining; connect: connecting), per delivered message, and
-                              their memory before connecting, loaded and at peak (/proc)
-    --json                    print the final report as one JSON object on stdout
-    --quiet                   no per-second progress line on stderr
-    -h, --help                this text
-
+/// Printed after the options by `--help`.
+const AFTER_HELP: &str = "\
 OUTPUT:
     stderr: a progress line per second (elapsed, phase, connections up, sent/s,
     delivered/s, errors, p99 latency of that second) and a summary table at the end.
@@ -80,8 +30,8 @@ OUTPUT:
     unstamped, delivered_per_s, latency_of, latency_us, send_lag_us, requests, replies,
     tool_cpu_pct, close_codes, conn_errors, ok, and with --watch-pid a `server` object:
     pids, cpu_s, cpu_us_per_delivery, cpu_us_per_message, cpu_s_per_1000_delivered,
-    rss_before_kb, rss_loaded_kb, peak_rss_kb, rss_per_conn_bytes. Latency objects have p50, p90, p99, p999,
-    max, mean, count in microseconds.
+    rss_before_kb, rss_loaded_kb, peak_rss_kb, rss_per_conn_bytes. Latency objects have
+    p50, p90, p99, p999, max, mean, count in microseconds.
 
     Latency is end to end: the due time (epoch microseconds) travels in the content,
     {\"t\":<due>,\"s\":<sender>,\"n\":<seq>,\"p\":\"xx..\"}, and is subtracted from
@@ -96,222 +46,132 @@ EXIT STATUS:
     2  bad arguments or set-up failure
 ";
 
-/// Parsed arguments for unit tests (panics on a parse error or `--help`).
-#[cfg(test)]
-pub fn test_args(a: &[&str]) -> Args {
-    match parse(a.iter().map(|s| s.to_string())) {
-        Ok(Command::Run(a)) => *a,
-        other => panic!("not a run: {other:?}"),
-    }
-}
-
-/// Which workload to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scenario {
-    Fanout,
-    Direct,
-    Connect,
-    Mixed,
-}
-
-impl Scenario {
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Fanout => "fanout",
-            Scenario::Direct => "direct",
-            Scenario::Connect => "connect",
-            Scenario::Mixed => "mixed",
-        }
-    }
-}
-
-/// Sending rate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Rate {
-    /// Messages per second over all senders, on a fixed schedule.
-    PerSec(f64),
-    /// As fast as acks return, with a window of un-acked messages per sender.
-    Max,
-}
-
-/// Relative weights of the actions of a `mixed` sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mix {
-    pub group: u32,
-    pub direct: u32,
-    pub request: u32,
-}
-
-/// Fully resolved options (scenario defaults applied).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Args {
-    pub scenario: Scenario,
-    pub urls: Vec<String>,
-    pub conns: usize,
-    pub groups: usize,
-    pub groups_per_conn: usize,
-    pub senders: usize,
-    pub rate: Rate,
-    pub window: u32,
-    pub size: usize,
-    pub duration: Duration,
-    pub hold: Duration,
-    pub drain: Duration,
-    pub mix: Mix,
-    pub src: Vec<IpAddr>,
-    pub procs: usize,
-    pub connect_concurrency: usize,
-    pub connect_timeout: Duration,
-    pub read_buffer: usize,
-    pub token_secret: Option<String>,
-    pub max_conn_errors: u64,
-    /// `--watch-pid`: server processes whose CPU and memory are reported.
-    pub watch_pids: Vec<u32>,
-    pub json: bool,
-    pub quiet: bool,
-    /// Hidden: `--child I/N`, this process is child I of N started by `--procs`.
-    pub child: Option<(usize, usize)>,
-    /// Hidden: `--run-id ID`, shared by all children (prefix of group names).
-    pub run_id: Option<String>,
-}
-
-/// What the command line asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Help,
-    Run(Box<Args>),
-}
-
-/// Options as given, before scenario defaults.
-#[derive(Default)]
-struct Given {
-    urls: Vec<String>,
+/// The options as typed; scenario-dependent defaults are `None` here.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatgate-load",
+    version,
+    about = "chatgate-load: load generator for the chatgate WebSocket protocol",
+    override_usage = "chatgate-load <SCENARIO> [--url ws://HOST:PORT/ws]... [OPTIONS]",
+    after_help = AFTER_HELP,
+    args_override_self = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The workload
+    #[arg(value_enum, hide_possible_values = false)]
+    scenario: Scenario,
+    /// Gateway endpoint, ws:// only; repeat or comma-separate for several nodes
+    /// (connections round-robin)
+    #[arg(long = "url", value_name = "URL", default_value = DEFAULT_URL, value_parser = values::urls, allow_hyphen_values = true)]
+    urls: Vec<List<String>>,
+    /// Connections [fanout/connect/mixed: 1000, direct: 2000 = 1000 pairs]
+    #[arg(long, value_name = "N", value_parser = values::count, allow_hyphen_values = true)]
     conns: Option<usize>,
+    /// direct: sender/receiver pairs (same as --conns 2N)
+    #[arg(long, value_name = "N", value_parser = values::count, allow_hyphen_values = true)]
     pairs: Option<usize>,
+    /// Groups [fanout: 1, mixed: conns/20]
+    #[arg(long, value_name = "G", value_parser = values::count, allow_hyphen_values = true)]
     groups: Option<usize>,
+    /// Groups each connection joins [fanout: 1, mixed: 2; at most G]
+    #[arg(long, value_name = "K", value_parser = values::count, allow_hyphen_values = true)]
     groups_per_conn: Option<usize>,
+    /// fanout: sending connections, spread round-robin over the groups [default: 1]
+    #[arg(long, value_name = "S", value_parser = values::count, allow_hyphen_values = true)]
     senders: Option<usize>,
-    rate: Option<Rate>,
-    window: Option<u32>,
-    size: Option<usize>,
-    duration: Option<Duration>,
-    hold: Option<Duration>,
-    drain: Option<Duration>,
-    mix: Option<Mix>,
-    src: Vec<IpAddr>,
-    procs: Option<usize>,
-    connect_concurrency: Option<usize>,
-    connect_timeout: Option<Duration>,
-    read_buffer: Option<usize>,
+    /// Total messages/s over all senders, or `max`.
+    ///
+    /// Open loop: with r = R/senders, a sender's message n is due at start + phase + n/r
+    /// (random phase); a late sender sends its backlog at once and latency counts from the
+    /// due time. `max`: each sender keeps up to --window messages un-acked, and senders wait
+    /// while a connection of their process is owed more than 2 x --window deliveries by them
+    #[arg(long, value_name = "R|max", default_value = "1000", value_parser = values::rate, allow_hyphen_values = true)]
+    rate: Rate,
+    /// In-flight messages per sender with --rate max
+    #[arg(long, value_name = "W", default_value = "64", value_parser = values::count_u32, allow_hyphen_values = true)]
+    window: u32,
+    /// Content bytes per message; k/m suffixes
+    #[arg(long, value_name = "B", default_value = "100", value_parser = values::bytes, allow_hyphen_values = true)]
+    size: usize,
+    /// Sending time; s (default unit), ms or m suffix
+    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration, allow_hyphen_values = true)]
+    duration: Duration,
+    /// connect: how long the connections stay open
+    #[arg(long, value_name = "T", default_value = "5", value_parser = values::duration, allow_hyphen_values = true)]
+    hold: Duration,
+    /// After sending, wait up to T for outstanding acks and deliveries (a single process
+    /// stops early once all are in)
+    #[arg(long, value_name = "T", default_value = "3", value_parser = values::duration, allow_hyphen_values = true)]
+    drain: Duration,
+    /// mixed: weights of group messages, direct messages and requests
+    #[arg(long, value_name = "G:D:R", default_value = "60:30:10", value_parser = values::mix, allow_hyphen_values = true)]
+    mix: Mix,
+    /// Source addresses, round-robin over connections (each address has its own ~28k
+    /// ephemeral ports): addresses and ranges, comma-separated: 127.0.0.1-127.0.0.8 or
+    /// 127.0.0.1-8
+    #[arg(long, value_name = "LIST", value_parser = values::src, allow_hyphen_values = true)]
+    src: Vec<List<IpAddr>>,
+    /// Run N child processes (this binary with --child I/N), each with every N-th
+    /// connection and its share of senders and rate; a start barrier syncs them, results
+    /// are merged
+    #[arg(long, value_name = "N", default_value = "1", value_parser = values::count, allow_hyphen_values = true)]
+    procs: usize,
+    /// Handshakes in flight per process
+    #[arg(long, value_name = "N", default_value = "256", value_parser = values::count, allow_hyphen_values = true)]
+    connect_concurrency: usize,
+    /// Per connection: TCP connect + upgrade + welcome, and joins
+    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration, allow_hyphen_values = true)]
+    connect_timeout: Duration,
+    /// Per-connection WebSocket read buffer
+    #[arg(long, value_name = "B", default_value = "8k", value_parser = values::bytes, allow_hyphen_values = true)]
+    read_buffer: usize,
+    /// Connect with ?token=<HS256 JWT, sub load-<connection index>>
+    #[arg(long, value_name = "S", value_parser = values::non_empty, allow_hyphen_values = true)]
     token_secret: Option<String>,
-    watch_pids: Vec<u32>,
-    max_conn_errors: Option<u64>,
+    /// Tolerated connection errors: failed connects or joins and connections closed before
+    /// the end
+    #[arg(long, value_name = "N", default_value = "0", value_parser = values::at_least_zero, allow_hyphen_values = true)]
+    max_conn_errors: u64,
+    /// Server processes (gateways, RabbitMQ, Redis) on this machine: report their CPU
+    /// seconds over the measured window (sending + draining; connect: connecting), per
+    /// delivered message, and their memory before connecting, loaded and at peak (/proc)
+    #[arg(long = "watch-pid", value_name = "LIST", value_parser = values::pids, allow_hyphen_values = true)]
+    watch_pids: Vec<List<u32>>,
+    /// Print the final report as one JSON object on stdout
+    #[arg(long)]
     json: bool,
+    /// No per-second progress line on stderr
+    #[arg(long)]
     quiet: bool,
+    /// This process is child I of N (set by --procs).
+    #[arg(long, hide = true, value_name = "I/N", value_parser = values::child, allow_hyphen_values = true)]
     child: Option<(usize, usize)>,
+    /// Shared by the children of one --procs run: the prefix of group names.
+    #[arg(long, hide = true, value_name = "ID", value_parser = values::run_id, allow_hyphen_values = true)]
     run_id: Option<String>,
 }
 
-/// Default endpoint when no `--url` is given.
-pub const DEFAULT_URL: &str = "ws://127.0.0.1:9000/ws";
+/// Parses a command line (program name first). `--help`, `--version` and errors come back
+/// as the `Err`, which `clap::Error::exit` prints and exits with (0, or 2 for bad arguments).
+pub fn parse<I, T>(argv: I) -> Result<Args, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(argv)?;
+    resolve(cli).map_err(|msg| Cli::command().error(ErrorKind::ArgumentConflict, msg))
+}
 
-/// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut it = args.into_iter();
-    let mut scenario = None;
-    let mut g = Given::default();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" || arg == "help" {
-            return Ok(Command::Help);
-        }
-        if !arg.starts_with('-') {
-            if scenario.is_some() {
-                return Err(format!("unexpected argument {arg:?}"));
-            }
-            scenario = Some(parse_scenario(&arg)?);
-            continue;
-        }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        // Flags without a value.
-        match name.as_str() {
-            "--json" | "--quiet" => {
-                if inline.is_some() {
-                    return Err(format!("{name} takes no value"));
-                }
-                if name == "--json" {
-                    g.json = true;
-                } else {
-                    g.quiet = true;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let v = value.as_str();
-        let bad = |what: &str| format!("{name} {v:?}: {what}");
-        match name.as_str() {
-            "--url" => {
-                for u in v.split(',').filter(|u| !u.is_empty()) {
-                    check_url(u).map_err(|e| bad(&e))?;
-                    g.urls.push(u.to_string());
-                }
-            }
-            "--conns" => g.conns = Some(count(v).map_err(|e| bad(&e))?),
-            "--pairs" => g.pairs = Some(count(v).map_err(|e| bad(&e))?),
-            "--groups" => g.groups = Some(count(v).map_err(|e| bad(&e))?),
-            "--groups-per-conn" => g.groups_per_conn = Some(count(v).map_err(|e| bad(&e))?),
-            "--senders" => g.senders = Some(count(v).map_err(|e| bad(&e))?),
-            "--rate" => g.rate = Some(parse_rate(v).map_err(|e| bad(&e))?),
-            "--window" => {
-                let w = count(v).map_err(|e| bad(&e))?;
-                g.window = Some(u32::try_from(w).map_err(|_| bad("too large"))?);
-            }
-            "--size" => g.size = Some(parse_bytes(v).map_err(|e| bad(&e))?),
-            "--duration" => g.duration = Some(parse_duration(v).map_err(|e| bad(&e))?),
-            "--hold" => g.hold = Some(parse_duration(v).map_err(|e| bad(&e))?),
-            "--drain" => g.drain = Some(parse_duration(v).map_err(|e| bad(&e))?),
-            "--mix" => g.mix = Some(parse_mix(v).map_err(|e| bad(&e))?),
-            "--src" => g.src.extend(parse_src(v).map_err(|e| bad(&e))?),
-            "--procs" => g.procs = Some(count(v).map_err(|e| bad(&e))?),
-            "--connect-concurrency" => g.connect_concurrency = Some(count(v).map_err(|e| bad(&e))?),
-            "--connect-timeout" => g.connect_timeout = Some(parse_duration(v).map_err(|e| bad(&e))?),
-            "--read-buffer" => g.read_buffer = Some(parse_bytes(v).map_err(|e| bad(&e))?),
-            "--token-secret" => {
-                if v.is_empty() {
-                    return Err(bad("must not be empty"));
-                }
-                g.token_secret = Some(value.clone());
-            }
-            "--watch-pid" => {
-                for pid in v.split(',').filter(|p| !p.is_empty()) {
-                    g.watch_pids.push(pid.trim().parse().map_err(|_| bad("want process ids"))?);
-                }
-            }
-            "--max-conn-errors" => g.max_conn_errors = Some(v.parse().map_err(|_| bad("want a non-negative integer"))?),
-            "--child" => g.child = Some(parse_child(v).map_err(|e| bad(&e))?),
-            "--run-id" => {
-                if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    return Err(bad("want 1-64 of A-Z a-z 0-9 -"));
-                }
-                g.run_id = Some(value.clone());
-            }
-            _ => return Err(format!("unknown option {name:?} (see --help)")),
-        }
-    }
-    let scenario = scenario.ok_or("missing scenario: fanout, direct, connect or mixed (see --help)")?;
-    resolve(scenario, g).map(|a| Command::Run(Box::new(a)))
+/// Parsed arguments for unit tests (panics on an error or `--help`).
+#[cfg(test)]
+pub fn test_args(a: &[&str]) -> Args {
+    parse(std::iter::once("chatgate-load").chain(a.iter().copied())).unwrap_or_else(|e| panic!("{a:?}: {e}"))
 }
 
 /// Applies the scenario's defaults and checks the combination.
-fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
+fn resolve(g: Cli) -> Result<Args, String> {
+    let scenario = g.scenario;
     let conns = match (scenario, g.pairs, g.conns) {
         (Scenario::Direct, Some(p), _) => p.checked_mul(2).ok_or("--pairs too large")?,
         (Scenario::Direct, None, Some(c)) => {
@@ -345,7 +205,7 @@ fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
     if g.senders.is_some() && scenario != Scenario::Fanout {
         return Err("--senders is for the fanout scenario (direct: --pairs; mixed: every connection sends)".into());
     }
-    let procs = g.procs.unwrap_or(1);
+    let procs = g.procs;
     let units = if scenario == Scenario::Direct { conns / 2 } else { conns };
     if procs > units {
         return Err(format!("--procs {procs} is more than the {units} connections (pairs) to share"));
@@ -355,20 +215,18 @@ fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
     {
         return Err("--child wants I/N with I < N".into());
     }
-    let mut urls = g.urls;
+    let mut urls = flatten(g.urls);
     if urls.is_empty() {
+        // `--url ""`: nothing given after all.
         urls.push(DEFAULT_URL.to_string());
     }
-    let size = g.size.unwrap_or(100);
-    if size > 16 << 20 {
+    if g.size > 16 << 20 {
         return Err("--size is at most 16m".into());
     }
-    let read_buffer = g.read_buffer.unwrap_or(8 * 1024);
-    if !(256..=16 << 20).contains(&read_buffer) {
+    if !(256..=16 << 20).contains(&g.read_buffer) {
         return Err("--read-buffer must be between 256 and 16m".into());
     }
-    let mix = g.mix.unwrap_or(Mix { group: 60, direct: 30, request: 10 });
-    if scenario == Scenario::Mixed && mix.direct > 0 && conns / procs < 2 {
+    if scenario == Scenario::Mixed && g.mix.direct > 0 && conns / procs < 2 {
         return Err("mixed with direct messages needs at least 2 connections per process".into());
     }
     Ok(Args {
@@ -378,21 +236,21 @@ fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
         groups,
         groups_per_conn,
         senders,
-        rate: g.rate.unwrap_or(Rate::PerSec(1000.0)),
-        window: g.window.unwrap_or(64),
-        size,
-        duration: g.duration.unwrap_or(Duration::from_secs(10)),
-        hold: g.hold.unwrap_or(Duration::from_secs(5)),
-        drain: g.drain.unwrap_or(Duration::from_secs(3)),
-        mix,
-        src: g.src,
+        rate: g.rate,
+        window: g.window,
+        size: g.size,
+        duration: g.duration,
+        hold: g.hold,
+        drain: g.drain,
+        mix: g.mix,
+        src: flatten(g.src),
         procs,
-        connect_concurrency: g.connect_concurrency.unwrap_or(256),
-        connect_timeout: g.connect_timeout.unwrap_or(Duration::from_secs(10)),
-        read_buffer,
+        connect_concurrency: g.connect_concurrency,
+        connect_timeout: g.connect_timeout,
+        read_buffer: g.read_buffer,
         token_secret: g.token_secret,
-        max_conn_errors: g.max_conn_errors.unwrap_or(0),
-        watch_pids: g.watch_pids,
+        max_conn_errors: g.max_conn_errors,
+        watch_pids: flatten(g.watch_pids),
         json: g.json,
         quiet: g.quiet,
         child: g.child,
@@ -400,153 +258,12 @@ fn resolve(scenario: Scenario, g: Given) -> Result<Args, String> {
     })
 }
 
-fn parse_scenario(s: &str) -> Result<Scenario, String> {
-    match s {
-        "fanout" => Ok(Scenario::Fanout),
-        "direct" => Ok(Scenario::Direct),
-        "connect" => Ok(Scenario::Connect),
-        "mixed" => Ok(Scenario::Mixed),
-        _ => Err(format!("unknown scenario {s:?}: want fanout, direct, connect or mixed")),
-    }
-}
-
-/// A positive integer.
-fn count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("want a positive integer".into()),
-    }
-}
-
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    if s.eq_ignore_ascii_case("max") {
-        return Ok(Rate::Max);
-    }
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSec(r)),
-        _ => Err("want messages per second (> 0) or `max`".into()),
-    }
-}
-
-/// Bytes with an optional `k` (KiB) or `m` (MiB) suffix.
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = lower.strip_suffix("kib").or_else(|| lower.strip_suffix('k')) {
-        (n, 1024)
-    } else if let Some(n) = lower.strip_suffix("mib").or_else(|| lower.strip_suffix('m')) {
-        (n, 1024 * 1024)
-    } else {
-        (lower.strip_suffix('b').unwrap_or(&lower), 1)
-    };
-    let n: usize = num.trim().parse().map_err(|_| "want bytes, e.g. 100, 8k, 1m".to_string())?;
-    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
-}
-
-/// Seconds (fractions allowed) with an optional `ms`, `s` or `m` suffix.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v * scale <= 1e7 => Ok(Duration::from_secs_f64(v * scale)),
-        _ => Err("want a duration, e.g. 10, 2.5s, 500ms, 1m".into()),
-    }
-}
-
-fn parse_mix(s: &str) -> Result<Mix, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let [g, d, r] = parts.as_slice() else { return Err("want three weights G:D:R, e.g. 60:30:10".into()) };
-    let w = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{x:?} is not a weight (0..)"));
-    let mix = Mix { group: w(g)?, direct: w(d)?, request: w(r)? };
-    if mix.group as u64 + mix.direct as u64 + mix.request as u64 == 0 {
-        return Err("at least one weight must be positive".into());
-    }
-    Ok(mix)
-}
-
-/// Maximum number of addresses a `--src` range may expand to.
-const MAX_SRC: u32 = 1 << 16;
-
-/// `127.0.0.1,127.0.0.2`, `127.0.0.1-127.0.0.8` or `127.0.0.1-8` (last octet), or a mix.
-pub fn parse_src(s: &str) -> Result<Vec<IpAddr>, String> {
-    let mut out = Vec::new();
-    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let Some((a, b)) = item.split_once('-') else {
-            out.push(item.parse::<IpAddr>().map_err(|_| format!("{item:?} is not an IP address"))?);
-            continue;
-        };
-        let first: Ipv4Addr = a.trim().parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let last: Ipv4Addr = match b.trim().parse::<u8>() {
-            Ok(octet) => {
-                let o = first.octets();
-                Ipv4Addr::new(o[0], o[1], o[2], octet)
-            }
-            Err(_) => b.trim().parse().map_err(|_| format!("{b:?} is not an IPv4 address or last octet"))?,
-        };
-        let (lo, hi) = (u32::from(first), u32::from(last));
-        if hi < lo {
-            return Err(format!("range {item:?} is empty"));
-        }
-        if hi - lo >= MAX_SRC {
-            return Err(format!("range {item:?} has more than {MAX_SRC} addresses"));
-        }
-        out.extend((lo..=hi).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
-    }
-    if out.is_empty() {
-        return Err("no addresses".into());
-    }
-    Ok(out)
-}
-
-fn parse_child(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s.split_once('/').ok_or("want I/N")?;
-    let i = i.parse().map_err(|_| "want I/N")?;
-    let n = n.parse().map_err(|_| "want I/N")?;
-    Ok((i, n))
-}
-
-/// Checks the parts of a URL this tool needs; see [`split_url`].
-fn check_url(u: &str) -> Result<(), String> {
-    split_url(u).map(|_| ())
-}
-
-/// `ws://host[:port]/path?query` → (`host:port` to connect to, path with query).
-pub fn split_url(u: &str) -> Result<(String, String), String> {
-    if u.starts_with("wss://") {
-        return Err("wss:// is not supported (this tool speaks plain ws://)".into());
-    }
-    let rest = u.strip_prefix("ws://").ok_or("want a ws:// URL")?;
-    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(cut);
-    if authority.is_empty() || authority.contains('@') {
-        return Err("want ws://HOST:PORT/path".into());
-    }
-    let has_port = match authority.rfind(']') {
-        Some(b) => authority[b..].contains(':'),
-        None => authority.contains(':'),
-    };
-    let hostport = if has_port { authority.to_string() } else { format!("{authority}:80") };
-    let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
-    Ok((hostport, path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Args, String> {
-        match parse(args.iter().map(|s| s.to_string()))? {
-            Command::Run(a) => Ok(*a),
-            Command::Help => Err("help".into()),
-        }
+    fn run(args: &[&str]) -> Result<Args, clap::Error> {
+        parse(std::iter::once("chatgate-load").chain(args.iter().copied()))
     }
 
     #[test]
@@ -559,11 +276,17 @@ mod tests {
         assert_eq!(a.window, 64);
         assert_eq!(a.read_buffer, 8192);
         assert_eq!(a.drain, Duration::from_secs(3));
+        assert_eq!(a.duration, Duration::from_secs(10));
+        assert_eq!(a.connect_timeout, Duration::from_secs(10));
+        assert_eq!((a.procs, a.connect_concurrency, a.max_conn_errors), (1, 256, 0));
+        assert_eq!((a.json, a.quiet, a.child, a.run_id.as_deref()), (false, false, None, None));
+        assert!(a.src.is_empty() && a.watch_pids.is_empty() && a.token_secret.is_none());
         assert_eq!(run(&["direct"]).unwrap().conns, 2000);
         assert_eq!(run(&["connect"]).unwrap().hold, Duration::from_secs(5));
         let m = run(&["mixed"]).unwrap();
         assert_eq!((m.conns, m.groups, m.groups_per_conn), (1000, 50, 2));
         assert_eq!(m.mix, Mix { group: 60, direct: 30, request: 10 });
+        assert_eq!(run(&["fanout", "--url", ""]).unwrap().urls, vec![DEFAULT_URL.to_string()]);
     }
 
     #[test]
@@ -610,6 +333,22 @@ mod tests {
     }
 
     #[test]
+    fn order_repeats_and_hidden_options() {
+        // Options before the scenario; the last of a repeated option wins; lists add up.
+        let a = run(&["--conns", "10", "--url", "ws://a/ws", "fanout", "--conns=20", "--url", "ws://b/ws", "--json"])
+            .unwrap();
+        assert_eq!(a.conns, 20);
+        assert_eq!(a.urls, vec!["ws://a/ws", "ws://b/ws"]);
+        let a = run(&["fanout", "--watch-pid", "1,2", "--watch-pid=3", "--src", "::1", "--src", "127.0.0.1"]).unwrap();
+        assert_eq!((a.watch_pids, a.src.len()), (vec![1, 2, 3], 2));
+        let c = run(&["fanout", "--child", "1/3", "--run-id", "lt00ab12", "--token-secret", "-dash"]).unwrap();
+        assert_eq!(
+            (c.child, c.run_id.as_deref(), c.token_secret.as_deref()),
+            (Some((1, 3)), Some("lt00ab12"), Some("-dash"))
+        );
+    }
+
+    #[test]
     fn direct_pairs() {
         assert_eq!(run(&["direct", "--pairs", "10"]).unwrap().conns, 20);
         assert_eq!(run(&["direct", "--conns", "21"]).unwrap().conns, 20);
@@ -620,67 +359,81 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(run(&[]).is_err());
-        assert!(run(&["nope"]).is_err());
-        assert!(run(&["fanout", "--conns"]).is_err());
-        assert!(run(&["fanout", "--conns", "0"]).is_err());
-        assert!(run(&["fanout", "--conns", "-3"]).is_err());
-        assert!(run(&["fanout", "--rate", "0"]).is_err());
-        assert!(run(&["fanout", "--rate", "fast"]).is_err());
-        assert!(run(&["fanout", "--url", "http://x/ws"]).is_err());
-        assert!(run(&["fanout", "--url", "wss://x/ws"]).is_err());
-        assert!(run(&["fanout", "--senders", "2000"]).is_err());
-        assert!(run(&["fanout", "--groups", "3", "--groups-per-conn", "4"]).is_err());
-        assert!(run(&["fanout", "--frobnicate", "1"]).is_err());
-        assert!(run(&["fanout", "--json=1"]).is_err());
-        assert!(run(&["fanout", "--procs", "1001"]).is_err());
-        assert!(run(&["fanout", "--child", "2/2"]).is_err());
-        assert!(run(&["fanout", "fanout"]).is_err());
-        assert_eq!(parse(["fanout".to_string(), "--help".to_string()]).unwrap(), Command::Help);
+        let bad = |a: &[&str]| run(a).map(|_| ()).unwrap_err().kind();
+        assert_eq!(bad(&[]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(bad(&["nope"]), ErrorKind::InvalidValue);
+        assert_eq!(bad(&["fanout", "--conns"]), ErrorKind::InvalidValue);
+        assert_eq!(bad(&["fanout", "--frobnicate", "1"]), ErrorKind::UnknownArgument);
+        assert_eq!(bad(&["fanout", "--json=1"]), ErrorKind::TooManyValues);
+        assert_eq!(bad(&["fanout", "fanout"]), ErrorKind::UnknownArgument);
+        for a in [
+            &["fanout", "--conns", "0"][..],
+            &["fanout", "--conns", "-3"],
+            &["fanout", "--rate", "0"],
+            &["fanout", "--rate", "fast"],
+            &["fanout", "--url", "http://x/ws"],
+            &["fanout", "--url", "wss://x/ws"],
+            &["fanout", "--run-id", "a b"],
+            &["fanout", "--token-secret", ""],
+        ] {
+            assert_eq!(bad(a), ErrorKind::ValueValidation, "{a:?}");
+        }
+        for a in [
+            &["fanout", "--senders", "2000"][..],
+            &["fanout", "--groups", "3", "--groups-per-conn", "4"],
+            &["fanout", "--procs", "1001"],
+            &["fanout", "--child", "2/2"],
+            &["fanout", "--size", "17m"],
+            &["fanout", "--read-buffer", "100"],
+            &["mixed", "--conns", "3", "--procs", "2"],
+        ] {
+            assert_eq!(bad(a), ErrorKind::ArgumentConflict, "{a:?}");
+        }
+        // Every error exits 2; --help and --version are not errors.
+        assert_eq!(run(&["fanout", "--bogus"]).unwrap_err().exit_code(), 2);
+        assert_eq!(run(&["fanout", "--help"]).unwrap_err().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(run(&["--version"]).unwrap_err().kind(), ErrorKind::DisplayVersion);
+        assert_eq!(run(&["-h"]).unwrap_err().exit_code(), 0);
     }
 
     #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2.5s").unwrap(), Duration::from_millis(2500));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("abc").is_err());
-        assert_eq!(parse_bytes("100").unwrap(), 100);
-        assert_eq!(parse_bytes("8k").unwrap(), 8192);
-        assert_eq!(parse_bytes("8KiB").unwrap(), 8192);
-        assert_eq!(parse_bytes("1m").unwrap(), 1 << 20);
-        assert!(parse_bytes("x").is_err());
-    }
-
-    #[test]
-    fn src_ranges() {
-        let v = parse_src("127.0.0.1-127.0.0.4").unwrap();
-        assert_eq!(v.len(), 4);
-        assert_eq!(v[3], "127.0.0.4".parse::<IpAddr>().unwrap());
-        assert_eq!(parse_src("127.0.0.1-8").unwrap().len(), 8);
-        assert_eq!(parse_src("127.0.0.255-127.0.1.0").unwrap().len(), 2);
-        assert_eq!(parse_src("127.0.0.1, ::1").unwrap().len(), 2);
-        assert!(parse_src("127.0.0.5-127.0.0.4").is_err());
-        assert!(parse_src("10.0.0.0-11.0.0.0").is_err());
-        assert!(parse_src("").is_err());
-        assert!(parse_src("host").is_err());
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(split_url("ws://127.0.0.1:9000/ws").unwrap(), ("127.0.0.1:9000".into(), "/ws".into()));
-        assert_eq!(split_url("ws://example.com/ws?a=b").unwrap(), ("example.com:80".into(), "/ws?a=b".into()));
-        assert_eq!(split_url("ws://[::1]:9000").unwrap(), ("[::1]:9000".into(), "/".into()));
-        assert_eq!(split_url("ws://[::1]/ws").unwrap().0, "[::1]:80");
-        assert!(split_url("ws:///ws").is_err());
-    }
-
-    #[test]
-    fn mix() {
-        assert_eq!(parse_mix("1:0:0").unwrap(), Mix { group: 1, direct: 0, request: 0 });
-        assert!(parse_mix("0:0:0").is_err());
-        assert!(parse_mix("1:2").is_err());
+    fn help_lists_every_option_and_the_report() {
+        let help = Cli::command().render_help().to_string();
+        for opt in [
+            "--url",
+            "--conns",
+            "--pairs",
+            "--groups",
+            "--groups-per-conn",
+            "--senders",
+            "--rate",
+            "--window",
+            "--size",
+            "--duration",
+            "--hold",
+            "--drain",
+            "--mix",
+            "--src",
+            "--procs",
+            "--connect-concurrency",
+            "--connect-timeout",
+            "--read-buffer",
+            "--token-secret",
+            "--max-conn-errors",
+            "--watch-pid",
+            "--json",
+            "--quiet",
+            "--help",
+            "--version",
+            "fanout",
+            "direct",
+            "connect",
+            "mixed",
+            "EXIT STATUS",
+        ] {
+            assert!(help.contains(opt), "{opt} missing from --help");
+        }
+        assert!(!help.contains("--child <") && !help.contains("--run-id"), "hidden options shown");
+        Cli::command().debug_assert();
     }
 }

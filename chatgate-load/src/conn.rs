@@ -19,7 +19,7 @@ use tokio::sync::futures::Notified;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::cli::{Mix, Rate};
+use crate::args::{Mix, Rate};
 use crate::proto::{self, Incoming, Stamp};
 use crate::run::{Ctx, Phase};
 use crate::scenario::{ConnSpec, Role};

@@ -1,7 +1,7 @@
 //! `chatgate-load`: a load generator for the chatgate WebSocket protocol (see `--help`).
 //!
 //! Modules:
-//! - [`cli`]: arguments and usage text;
+//! - [`cli`]: the command line (clap), [`args`]: the resolved options, [`values`]: option value parsers;
 //! - [`scenario`]: which connection goes where, joins what and sends to whom;
 //! - [`conn`]: one connection's task (connect, join, send on schedule, count);
 //! - [`proto`]: outgoing frames and cheap recognition of incoming ones;
@@ -15,6 +15,7 @@
 // The report is one large `json!` literal.
 #![recursion_limit = "256"]
 
+mod args;
 mod cli;
 mod conn;
 mod flow;
@@ -25,27 +26,21 @@ mod scenario;
 mod server;
 mod stats;
 mod timer;
+mod values;
 
 use std::process::ExitCode;
 
-use cli::{Command, Scenario};
+use args::Scenario;
 use run::Mode;
 
 /// Bad arguments or set-up failure.
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let args = match cli::parse(raw.clone()) {
-        Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Run(a)) => *a,
-        Err(e) => {
-            eprintln!("chatgate-load: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let args = match cli::parse(std::env::args_os()) {
+        Ok(a) => a,
+        // Help and version (exit 0) or bad arguments (exit 2, our EXIT_USAGE).
+        Err(e) => e.exit(),
     };
     if let Some((i, _)) = args.child {
         return match run::run(args, Mode::Child) {
@@ -67,8 +62,13 @@ fn main() -> ExitCode {
             proto::Encoder::min_content()
         );
     }
-    let results =
-        if args.procs > 1 { procs::run(&args, &raw) } else { run::run(args.clone(), Mode::Single).map(|r| vec![r]) };
+    let results = if args.procs > 1 {
+        // Every argument parsed, so each one is valid UTF-8 and this is exact.
+        let raw: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        procs::run(&args, &raw)
+    } else {
+        run::run(args.clone(), Mode::Single).map(|r| vec![r])
+    };
     let results = match results {
         Ok(r) => r,
         Err(e) => {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::cli::Args;
+use crate::args::Args;
 use crate::stats::ProcResult;
 use crate::timer::Clock;
 

@@ -17,12 +17,13 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::LocalSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::cli::{Args, Scenario, split_url};
+use crate::args::{Args, Scenario};
 use crate::flow::FlowControl;
 use crate::proto::{self, Encoder};
 use crate::scenario::{self, Plan};
 use crate::stats::{ProcResult, Stats, expected};
 use crate::timer::{Clock, Timer};
+use crate::values::split_url;
 
 /// Phase of the run, shared by all connections of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -258,7 +259,7 @@ async fn drive(args: Args, mode: Mode) -> Result<ProcResult, String> {
         burst,
         cpu_pct: Cell::new(None),
         server: RefCell::new(None),
-        flow: if matches!(args.rate, crate::cli::Rate::Max) {
+        flow: if matches!(args.rate, crate::args::Rate::Max) {
             let local: Vec<usize> = plan.conns.iter().map(|c| c.index).collect();
             FlowControl::new(args.conns, plan.groups, &local, args.window.saturating_mul(2))
         } else {

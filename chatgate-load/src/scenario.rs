@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::cli::{Args, Rate, Scenario};
+use crate::args::{Args, Rate, Scenario};
 
 /// What a connection does once the run starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,15 +128,8 @@ pub fn plan(args: &Args, proc_index: usize, procs: usize) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Command, parse};
+    use crate::cli::test_args as args;
     use std::collections::HashSet;
-
-    fn args(a: &[&str]) -> Args {
-        match parse(a.iter().map(|s| s.to_string())).unwrap() {
-            Command::Run(a) => *a,
-            Command::Help => unreachable!(),
-        }
-    }
 
     #[test]
     fn memberships_are_distinct() {

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::cli::{Args, Rate, Scenario};
+use crate::args::{Args, Rate, Scenario};
 
 /// Histogram range: 1 µs .. 60 s, 3 significant digits.
 pub const HIST_LOW: u64 = 1;
