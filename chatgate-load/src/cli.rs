@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::args::{Args, DEFAULT_URL, Mix, Rate, Scenario};
 use crate::values::{self, List, flatten};
@@ -63,22 +63,22 @@ pub struct Cli {
     scenario: Scenario,
     /// Gateway endpoint, ws:// only; repeat or comma-separate for several nodes
     /// (connections round-robin)
-    #[arg(long = "url", value_name = "URL", default_value = DEFAULT_URL, value_parser = values::urls, allow_hyphen_values = true)]
+    #[arg(long = "url", value_name = "URL", default_value = DEFAULT_URL, value_parser = values::urls)]
     urls: Vec<List<String>>,
     /// Connections [fanout/connect/mixed: 1000, direct: 2000 = 1000 pairs]
-    #[arg(long, value_name = "N", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = values::count)]
     conns: Option<usize>,
     /// direct: sender/receiver pairs (same as --conns 2N)
-    #[arg(long, value_name = "N", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = values::count)]
     pairs: Option<usize>,
     /// Groups [fanout: 1, mixed: conns/20]
-    #[arg(long, value_name = "G", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "G", value_parser = values::count)]
     groups: Option<usize>,
     /// Groups each connection joins [fanout: 1, mixed: 2; at most G]
-    #[arg(long, value_name = "K", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "K", value_parser = values::count)]
     groups_per_conn: Option<usize>,
     /// fanout: sending connections, spread round-robin over the groups [default: 1]
-    #[arg(long, value_name = "S", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "S", value_parser = values::count)]
     senders: Option<usize>,
     /// Total messages/s over all senders, or `max`.
     ///
@@ -86,57 +86,57 @@ pub struct Cli {
     /// (random phase); a late sender sends its backlog at once and latency counts from the
     /// due time. `max`: each sender keeps up to --window messages un-acked, and senders wait
     /// while a connection of their process is owed more than 2 x --window deliveries by them
-    #[arg(long, value_name = "R|max", default_value = "1000", value_parser = values::rate, allow_hyphen_values = true)]
+    #[arg(long, value_name = "R|max", default_value = "1000", value_parser = values::rate)]
     rate: Rate,
     /// In-flight messages per sender with --rate max
-    #[arg(long, value_name = "W", default_value = "64", value_parser = values::count_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "W", default_value = "64", value_parser = values::count_u32)]
     window: u32,
     /// Content bytes per message; k/m suffixes
-    #[arg(long, value_name = "B", default_value = "100", value_parser = values::bytes, allow_hyphen_values = true)]
+    #[arg(long, value_name = "B", default_value = "100", value_parser = values::bytes)]
     size: usize,
     /// Sending time; s (default unit), ms or m suffix
-    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration)]
     duration: Duration,
     /// connect: how long the connections stay open
-    #[arg(long, value_name = "T", default_value = "5", value_parser = values::duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "T", default_value = "5", value_parser = values::duration)]
     hold: Duration,
     /// After sending, wait up to T for outstanding acks and deliveries (a single process
     /// stops early once all are in)
-    #[arg(long, value_name = "T", default_value = "3", value_parser = values::duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "T", default_value = "3", value_parser = values::duration)]
     drain: Duration,
     /// mixed: weights of group messages, direct messages and requests
-    #[arg(long, value_name = "G:D:R", default_value = "60:30:10", value_parser = values::mix, allow_hyphen_values = true)]
+    #[arg(long, value_name = "G:D:R", default_value = "60:30:10", value_parser = values::mix)]
     mix: Mix,
     /// Source addresses, round-robin over connections (each address has its own ~28k
     /// ephemeral ports): addresses and ranges, comma-separated: 127.0.0.1-127.0.0.8 or
     /// 127.0.0.1-8
-    #[arg(long, value_name = "LIST", value_parser = values::src, allow_hyphen_values = true)]
+    #[arg(long, value_name = "LIST", value_parser = values::src)]
     src: Vec<List<IpAddr>>,
     /// Run N child processes (this binary with --child I/N), each with every N-th
     /// connection and its share of senders and rate; a start barrier syncs them, results
     /// are merged
-    #[arg(long, value_name = "N", default_value = "1", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", default_value = "1", value_parser = values::count)]
     procs: usize,
     /// Handshakes in flight per process
-    #[arg(long, value_name = "N", default_value = "256", value_parser = values::count, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", default_value = "256", value_parser = values::count)]
     connect_concurrency: usize,
     /// Per connection: TCP connect + upgrade + welcome, and joins
-    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration, allow_hyphen_values = true)]
+    #[arg(long, value_name = "T", default_value = "10", value_parser = values::duration)]
     connect_timeout: Duration,
     /// Per-connection WebSocket read buffer
-    #[arg(long, value_name = "B", default_value = "8k", value_parser = values::bytes, allow_hyphen_values = true)]
+    #[arg(long, value_name = "B", default_value = "8k", value_parser = values::bytes)]
     read_buffer: usize,
     /// Connect with ?token=<HS256 JWT, sub load-<connection index>>
-    #[arg(long, value_name = "S", value_parser = values::non_empty, allow_hyphen_values = true)]
+    #[arg(long, value_name = "S", value_parser = values::non_empty)]
     token_secret: Option<String>,
     /// Tolerated connection errors: failed connects or joins and connections closed before
     /// the end
-    #[arg(long, value_name = "N", default_value = "0", value_parser = values::at_least_zero, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", default_value = "0", value_parser = values::at_least_zero)]
     max_conn_errors: u64,
     /// Server processes (gateways, RabbitMQ, Redis) on this machine: report their CPU
     /// seconds over the measured window (sending + draining; connect: connecting), per
     /// delivered message, and their memory before connecting, loaded and at peak (/proc)
-    #[arg(long = "watch-pid", value_name = "LIST", value_parser = values::pids, allow_hyphen_values = true)]
+    #[arg(long = "watch-pid", value_name = "LIST", value_parser = values::pids)]
     watch_pids: Vec<List<u32>>,
     /// Print the final report as one JSON object on stdout
     #[arg(long)]
@@ -145,10 +145,10 @@ pub struct Cli {
     #[arg(long)]
     quiet: bool,
     /// This process is child I of N (set by --procs).
-    #[arg(long, hide = true, value_name = "I/N", value_parser = values::child, allow_hyphen_values = true)]
+    #[arg(long, hide = true, value_name = "I/N", value_parser = values::child)]
     child: Option<(usize, usize)>,
     /// Shared by the children of one --procs run: the prefix of group names.
-    #[arg(long, hide = true, value_name = "ID", value_parser = values::run_id, allow_hyphen_values = true)]
+    #[arg(long, hide = true, value_name = "ID", value_parser = values::run_id)]
     run_id: Option<String>,
 }
 
@@ -159,8 +159,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(argv)?;
-    resolve(cli).map_err(|msg| Cli::command().error(ErrorKind::ArgumentConflict, msg))
+    let cli = Cli::from_arg_matches(&command().try_get_matches_from(argv)?)?;
+    resolve(cli).map_err(|msg| command().error(ErrorKind::ArgumentConflict, msg))
+}
+
+/// [`Cli`]'s command, where every option value may start with `-` (a secret like `-x`;
+/// a negative count is then refused by its parser, not taken for an unknown option).
+fn command() -> clap::Command {
+    Cli::command().mut_args(|a| {
+        let takes_value = a.get_long().is_some() && a.get_action().takes_values();
+        a.allow_hyphen_values(takes_value)
+    })
 }
 
 /// Parsed arguments for unit tests (panics on an error or `--help`).
@@ -398,7 +407,7 @@ mod tests {
 
     #[test]
     fn help_lists_every_option_and_the_report() {
-        let help = Cli::command().render_help().to_string();
+        let help = command().render_help().to_string();
         for opt in [
             "--url",
             "--conns",
@@ -434,6 +443,6 @@ mod tests {
             assert!(help.contains(opt), "{opt} missing from --help");
         }
         assert!(!help.contains("--child <") && !help.contains("--run-id"), "hidden options shown");
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }

@@ -1,26 +1,41 @@
 //! `chatgate-load`: a load generator for the chatgate WebSocket protocol (see `--help`).
 //!
-//! Modules:
-//! - [`cli`]: the command line (clap), [`args`]: the resolved options, [`values`]: option value parsers;
-//! - [`scenario`]: which connection goes where, joins what and sends to whom;
-//! - [`conn`]: one connection's task (connect, join, send on schedule, count);
-//! - [`proto`]: outgoing frames and cheap recognition of incoming ones;
-//! - [`flow`]: `--rate max` flow control;
-//! - [`stats`]: counters, histograms, merging and the final report;
-//! - [`timer`]: the clock and a sub-millisecond send timer;
-//! - [`run`]: one process (current-thread runtime, coordinator, progress);
-//! - [`procs`]: `--procs N`, the parent of N child processes;
-//! - [`server`]: `--watch-pid`, the server processes' CPU and memory from `/proc`.
-
+//! # Layout
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`cli`] | the command line (clap): options, `--help`, combination checks |
+//! | [`args`] | the resolved options every other module reads |
+//! | [`values`] | option value parsers: sizes, durations, address ranges, URLs |
+//! | [`scenario`] | which connection goes where, joins what and sends to whom |
+//! | [`run`] | one process: current-thread runtime, the coordinator and its phases |
+//! | [`ctx`] | what the tasks of a process share: phase, users, countdowns, stats |
+//! | [`conn`] | one connection's task: dial, join, send on schedule, count; its state machine |
+//! | [`proto`] | outgoing frames and cheap recognition of incoming ones |
+//! | [`flow`] | `--rate max` flow control |
+//! | [`timer`] | the clock and a sub-millisecond send timer |
+//! | [`stats`] | counters, histograms, the per-process result and merging |
+//! | [`report`] | the final report: JSON, verdict and table |
+//! | [`progress`] | per-second progress, and the JSON lines a child sends its parent |
+//! | [`procs`] | `--procs N`: the parent of N child processes |
+//! | [`server`] | `--watch-pid`: the server processes' CPU and memory |
+//! | [`procfs`] | reading CPU time and memory from `/proc` |
+//!
+//! Imports run one way: `main` → `procs`/`run` → `conn` → `ctx` → the leaves.
+#![forbid(unsafe_code)]
 // The report is one large `json!` literal.
 #![recursion_limit = "256"]
 
 mod args;
 mod cli;
 mod conn;
+mod ctx;
 mod flow;
+mod procfs;
 mod procs;
+mod progress;
 mod proto;
+mod report;
 mod run;
 mod scenario;
 mod server;
@@ -31,7 +46,7 @@ mod values;
 use std::process::ExitCode;
 
 use args::Scenario;
-use run::Mode;
+use progress::Mode;
 
 /// Bad arguments or set-up failure.
 const EXIT_USAGE: u8 = 2;
@@ -45,7 +60,7 @@ fn main() -> ExitCode {
     if let Some((i, _)) = args.child {
         return match run::run(args, Mode::Child) {
             Ok(r) => {
-                run::emit(&serde_json::json!({"kind": "result", "result": r}));
+                progress::emit(&serde_json::json!({"kind": "result", "result": r}));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -77,8 +92,8 @@ fn main() -> ExitCode {
         }
     };
     let merged = stats::merge(&results);
-    let summary = stats::summarize(&args, &merged);
-    eprint!("{}", stats::table(&summary));
+    let summary = report::summarize(&args, &merged);
+    eprint!("{}", report::table(&summary));
     if args.json {
         println!("{}", summary.json);
     }
