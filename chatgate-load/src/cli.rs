@@ -59,7 +59,7 @@ EXIT STATUS:
 )]
 pub struct Cli {
     /// The workload
-    #[arg(value_enum, hide_possible_values = false)]
+    #[arg(value_enum)]
     scenario: Scenario,
     /// Gateway endpoint, ws:// only; repeat or comma-separate for several nodes
     /// (connections round-robin)

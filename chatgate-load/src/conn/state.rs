@@ -2,17 +2,18 @@
 //! [`State::next`], which is pure so that the table is tested here on its own.
 //!
 //! ```text
-//!  Connected ──JoinsSent──▶ Joining ──last answer / timeout──▶ Ready
-//!      │  (no groups) ─────────────────────────────────────────▶ │
-//!      │                                               Running   ▼ (refused: Listening)
-//!      │                            Listening ◀──nothing more── Sending
-//!      │                                │    ◀───Draining────────┘
-//!      └──────── any ──Closing──▶ Closing{sent} ──CloseSent──▶ Closing{sent: true}
-//!  any ──Failed──▶ Broken (the next poll ends the connection)
+//! Connected ─JoinsSent─▶ Joining ─last answer, or timeout─▶ Ready
+//!     └─────────── JoinsSent (no groups) ───────────────────┘  │ Running
+//!                                                              ▼
+//!          Listening ◀── nothing (more) to send, or Draining ── Sending
+//!          (also from Ready: Draining, or Running after a refused join)
+//!
+//! any but Broken ─Closing─▶ Closing { sent: false } ─CloseSent─▶ Closing { sent: true }
+//! any ─Failed─▶ Broken: the next poll ends the connection
 //! ```
 //!
 //! A connection counts as set up (`ctx.setup`) exactly once, when it leaves `Connected` or
-//! `Joining`: that is [`Effect::Settle`]. The coordinator only starts the run once every
+//! `Joining`: that is [`Effect::Settle`] (a connection that ends before is counted by its task). The coordinator only starts the run once every
 //! connection is set up, so in practice `Running` never meets a connection still joining;
 //! if it did, that connection would not send (as a late join cannot make it a sender).
 
