@@ -157,8 +157,13 @@ pub struct Cli {
 pub fn parse<I, T>(argv: I) -> Result<Args, clap::Error>
 where
     I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
+    T: Into<OsString>,
 {
+    let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    // `chatgate-load help`, which the earlier hand-written parser accepted, is `--help`.
+    if let Some(first) = argv.get_mut(1).filter(|a| *a == "help") {
+        *first = "--help".into();
+    }
     let cli = Cli::from_arg_matches(&command().try_get_matches_from(argv)?)?;
     resolve(cli).map_err(|msg| command().error(ErrorKind::ArgumentConflict, msg))
 }
@@ -403,6 +408,8 @@ mod tests {
         assert_eq!(run(&["fanout", "--help"]).unwrap_err().kind(), ErrorKind::DisplayHelp);
         assert_eq!(run(&["--version"]).unwrap_err().kind(), ErrorKind::DisplayVersion);
         assert_eq!(run(&["-h"]).unwrap_err().exit_code(), 0);
+        assert_eq!(run(&["help"]).unwrap_err().kind(), ErrorKind::DisplayHelp);
+        assert!(run(&["fanout", "help"]).is_err(), "help is only a first word");
     }
 
     #[test]
