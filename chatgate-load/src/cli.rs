@@ -305,37 +305,10 @@ mod tests {
 
     #[test]
     fn options_and_forms() {
-        let a = run(&[
-            "fanout",
-            "--url",
-            "ws://127.0.0.1:9000/ws,ws://127.0.0.1:9001/ws",
-            "--url=ws://h/ws",
-            "--conns",
-            "500",
-            "--groups=5",
-            "--senders",
-            "5",
-            "--rate",
-            "max",
-            "--window",
-            "8",
-            "--size",
-            "1k",
-            "--duration",
-            "500ms",
-            "--drain",
-            "1.5",
-            "--src",
-            "127.0.0.1-3,127.0.1.1",
-            "--procs",
-            "2",
-            "--json",
-            "--token-secret",
-            "s3cret",
-            "--max-conn-errors",
-            "3",
-        ])
-        .unwrap();
+        let line = "fanout --url ws://127.0.0.1:9000/ws,ws://127.0.0.1:9001/ws --url=ws://h/ws --conns 500 \
+                    --groups=5 --senders 5 --rate max --window 8 --size 1k --duration 500ms --drain 1.5 \
+                    --src 127.0.0.1-3,127.0.1.1 --procs 2 --json --token-secret s3cret --max-conn-errors 3";
+        let a = run(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
         assert_eq!(a.urls.len(), 3);
         assert_eq!((a.conns, a.groups, a.senders, a.window, a.size), (500, 5, 5, 8, 1024));
         assert_eq!(a.rate, Rate::Max);
