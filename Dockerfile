@@ -6,7 +6,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bins
+# The workspace's other member (the load tool): cargo needs its manifest, not its code.
+COPY chatgate-load/Cargo.toml ./chatgate-load/
+RUN cargo build --release --locked -p chatgate --bin chatgate
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 chatgate

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::procfs::{Proc, TICKS_PER_S, cpu_ticks, status_kb};
+
 /// What the watched processes used. Sums over the pids.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -21,28 +23,6 @@ pub struct ServerUsage {
     pub peak_rss_kb: u64,
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
-const TICKS: f64 = 100.0;
-
-/// utime + stime of `pid`, in ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is parenthesised and may contain spaces: count fields after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
-pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_kb(&status, field)
-}
-
-fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
-}
-
 /// Samples taken as the run goes.
 #[derive(Debug, Default)]
 pub struct Watch {
@@ -56,7 +36,7 @@ impl Watch {
     pub fn new(pids: &[u32]) -> Watch {
         let mut w = Watch { pids: pids.to_vec(), ..Default::default() };
         w.usage.pids = w.pids.clone();
-        w.usage.rss_before_kb = w.sum(|p| status_kb(p, "VmRSS"));
+        w.usage.rss_before_kb = w.sum(|p| status_kb(Proc::Pid(p), "VmRSS"));
         w
     }
 
@@ -66,12 +46,12 @@ impl Watch {
 
     /// Everything is connected: record the memory.
     pub fn loaded(&mut self) {
-        self.usage.rss_loaded_kb = self.sum(|p| status_kb(p, "VmRSS"));
+        self.usage.rss_loaded_kb = self.sum(|p| status_kb(Proc::Pid(p), "VmRSS"));
     }
 
     /// The measured window starts.
     pub fn start(&mut self) {
-        self.cpu0 = self.sum(cpu_ticks);
+        self.cpu0 = self.sum(|p| cpu_ticks(Proc::Pid(p)));
     }
 
     /// The measured window ends.
@@ -79,8 +59,8 @@ impl Watch {
         if self.pids.is_empty() {
             return None;
         }
-        self.usage.cpu_s = self.sum(cpu_ticks).saturating_sub(self.cpu0) as f64 / TICKS;
-        self.usage.peak_rss_kb = self.sum(|p| status_kb(p, "VmHWM"));
+        self.usage.cpu_s = self.sum(|p| cpu_ticks(Proc::Pid(p))).saturating_sub(self.cpu0) as f64 / TICKS_PER_S;
+        self.usage.peak_rss_kb = self.sum(|p| status_kb(Proc::Pid(p), "VmHWM"));
         Some(self.usage)
     }
 }
@@ -90,25 +70,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_this_process() {
+    fn watches_this_process() {
         let me = std::process::id();
-        assert!(cpu_ticks(me).is_some());
-        assert!(status_kb(me, "VmRSS").is_some_and(|kb| kb > 0));
         let mut w = Watch::new(&[me]);
         w.loaded();
         w.start();
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(50) {}
         let u = w.finish().expect("usage");
-        assert!(u.cpu_s >= 0.0 && u.peak_rss_kb >= u.rss_before_kb.min(u.peak_rss_kb));
+        assert_eq!(u.pids, vec![me]);
+        // The peak (VmHWM) is read last and never falls below an earlier RSS.
+        assert!(u.cpu_s >= 0.0 && u.rss_loaded_kb > 0 && u.peak_rss_kb >= u.rss_loaded_kb);
         assert_eq!(Watch::new(&[]).finish(), None);
-    }
-
-    #[test]
-    fn status_parsing() {
-        let s = "Name:\tchatgate\nVmHWM:\t  123456 kB\nVmRSS:\t   98765 kB\n";
-        assert_eq!(parse_status_kb(s, "VmRSS"), Some(98765));
-        assert_eq!(parse_status_kb(s, "VmHWM"), Some(123456));
-        assert_eq!(parse_status_kb(s, "VmSwap"), None);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::cli::{Args, Rate, Scenario};
+use crate::args::{Args, Rate, Scenario};
 
 /// What a connection does once the run starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +61,17 @@ pub fn plan(args: &Args, proc_index: usize, procs: usize) -> Plan {
     let (g, k) = (args.groups, args.groups_per_conn);
     // Index for group and node assignment, decorrelated from the process slices.
     let mix = |i: usize| i / procs + i % procs;
+    // Connection `i` of the scenarios that do not pair connections up.
+    let spec =
+        |i: usize, groups: Vec<usize>, role: Role| ConnSpec { index: i, url: mix(i) % nurl, src: src(i), groups, role };
+    let mine = (proc_index..args.conns).step_by(procs);
     let mut conns = Vec::new();
     let senders_total = match args.scenario {
         Scenario::Fanout => {
-            for i in (proc_index..args.conns).step_by(procs) {
+            for i in mine {
                 let groups = memberships(mix(i), g, k);
                 let role = if i < args.senders { Role::Group { group: groups[0] } } else { Role::Receiver };
-                conns.push(ConnSpec { index: i, url: mix(i) % nurl, src: src(i), groups, role });
+                conns.push(spec(i, groups, role));
             }
             args.senders
         }
@@ -76,13 +80,8 @@ pub fn plan(args: &Args, proc_index: usize, procs: usize) -> Plan {
             for p in (proc_index..pairs).step_by(procs) {
                 let peer = conns.len() + 1;
                 let (s, r) = (2 * p, 2 * p + 1);
-                conns.push(ConnSpec {
-                    index: s,
-                    url: p % nurl,
-                    src: src(s),
-                    groups: vec![],
-                    role: Role::Direct { peer },
-                });
+                let role = Role::Direct { peer };
+                conns.push(ConnSpec { index: s, url: p % nurl, src: src(s), groups: vec![], role });
                 conns.push(ConnSpec {
                     index: r,
                     url: (p + 1) % nurl,
@@ -94,27 +93,11 @@ pub fn plan(args: &Args, proc_index: usize, procs: usize) -> Plan {
             pairs
         }
         Scenario::Connect => {
-            for i in (proc_index..args.conns).step_by(procs) {
-                conns.push(ConnSpec {
-                    index: i,
-                    url: mix(i) % nurl,
-                    src: src(i),
-                    groups: vec![],
-                    role: Role::Receiver,
-                });
-            }
+            conns.extend(mine.map(|i| spec(i, vec![], Role::Receiver)));
             0
         }
         Scenario::Mixed => {
-            for i in (proc_index..args.conns).step_by(procs) {
-                conns.push(ConnSpec {
-                    index: i,
-                    url: mix(i) % nurl,
-                    src: src(i),
-                    groups: memberships(mix(i), g, k),
-                    role: Role::Mixed,
-                });
-            }
+            conns.extend(mine.map(|i| spec(i, memberships(mix(i), g, k), Role::Mixed)));
             args.conns
         }
     };
@@ -128,15 +111,8 @@ pub fn plan(args: &Args, proc_index: usize, procs: usize) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Command, parse};
+    use crate::cli::test_args as args;
     use std::collections::HashSet;
-
-    fn args(a: &[&str]) -> Args {
-        match parse(a.iter().map(|s| s.to_string())).unwrap() {
-            Command::Run(a) => *a,
-            Command::Help => unreachable!(),
-        }
-    }
 
     #[test]
     fn memberships_are_distinct() {

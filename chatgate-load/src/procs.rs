@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::cli::Args;
+use crate::args::Args;
 use crate::stats::ProcResult;
 use crate::timer::Clock;
 
@@ -159,7 +159,7 @@ async fn parent(args: &Args, raw: &[String]) -> Result<Vec<ProcResult>, String> 
                 let (sent, delivered) = (sum(|p| p.sent), sum(|p| p.delivered));
                 eprintln!(
                     "{}",
-                    crate::run::progress_line(
+                    crate::progress::line(
                         (now - t0) as f64 / 1e9,
                         progress.first().map_or("", |p| p.phase.as_str()),
                         sum(|p| p.up),
