@@ -37,8 +37,9 @@ amqp=${CHAT_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 say() { printf '== container-test: %s (%ss)\n' "$*" "$((SECONDS - start_s))"; }
 pass() { passed=$((passed + 1)); printf '   ok: %s\n' "$*"; }
 die() {
+  trap - ERR
   printf '\ncontainer-test: FAIL: %s\n' "$*" >&2
-  for c in $(podman ps -a --filter "name=^$tag-" --format '{{.Names}}' 2>/dev/null); do
+  for c in $(podman ps -a --filter "name=^$tag-" --format '{{.Names}}' 2>/dev/null || true); do
     echo "--- last log lines of $c" >&2; podman logs --tail 30 "$c" >&2 2>&1 || true
   done
   [ -s "${work:-/nonexistent}/haproxy.log" ] && { echo "--- haproxy" >&2; tail -20 "$work/haproxy.log" >&2; }
@@ -91,10 +92,13 @@ pids=()
 cleanup() {
   trap - ERR
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for c in $(podman ps -a --filter "name=^$tag-" --format '{{.Names}}' 2>/dev/null); do
+  for c in $(podman ps -a --filter "name=^$tag-" --format '{{.Names}}' 2>/dev/null || true); do
     podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
   done
   podman rmi -f "$image" >/dev/null 2>&1 || true
+  # Untagged leftovers: runtime-base builds of an older Dockerfile. (Podman's storage here is
+  # this script's: it installs podman.) Tagged images and the layer cache stay.
+  podman image prune -f >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -139,7 +143,7 @@ if [ $make_base = 1 ]; then
     rm -rf "$root"
   fi
   say "importing $base_image"
-  podman import --change 'LABEL org.chatgate.ci=debootstrap' --change 'CMD ["bash"]' \
+  podman import -q --change 'LABEL org.chatgate.ci=debootstrap' --change 'CMD ["bash"]' \
     "$tarball" "$base_image" >/dev/null || unusable "podman import failed"
 fi
 podman image exists "$base_image" || unusable "no $base_image"
@@ -154,7 +158,7 @@ mkdir "$work/ctx"
 strip --strip-debug -o "$work/ctx/chatgate" "$binary"
 # Docker format: the OCI image format has no HEALTHCHECK. The runtime-base stage keeps a tag
 # of its own, so its layers (the apt step) stay cached for the next run.
-bud=(buildah bud --isolation chroot --layers --format docker -f Dockerfile)
+bud=(buildah bud --isolation chroot --layers --force-rm --format docker -f Dockerfile)
 for t in runtime-base runtime-prebuilt; do
   name=$image; [ $t = runtime-base ] && name=localhost/chatgate-ci:runtime-base
   "${bud[@]}" --target $t --build-arg BINARY=chatgate -t "$name" "$work/ctx" >"$work/build.log" 2>&1 ||
