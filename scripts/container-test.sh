@@ -12,8 +12,9 @@
 #   from a client on node A to one on node B (ack `sent`, delivered); `podman healthcheck
 #   run` at a non-default CHAT_LISTEN port; the process runs as uid 10001;
 #   balancer: `haproxy -c`, WebSocket upgrades spread over all nodes and a message through
-#   it; a node whose Redis goes away (/readyz 503) is taken out by the health check and
-#   comes back; `podman stop` closes a client 1001, exits 0, and the node leaves the pool.
+#   it; an upgrade answered 503 is retried on another node; a node whose Redis goes away
+#   (/readyz 503) is taken out by the health check and comes back; `podman stop` closes a
+#   client 1001, exits 0, and the node leaves the pool.
 # Installs podman, buildah, runc, debootstrap, haproxy, docker-compose (apt; compose only
 # checks its file) and websockets (pip, in a venv) when missing. The base image
 # `docker.io/library/debian:bookworm-slim` (the Dockerfile's FROM) is made with debootstrap;
@@ -57,7 +58,7 @@ target=${CARGO_TARGET_DIR:-target}
 case ${1:---release} in
   --debug) binary=$target/debug/chatgate ;;
   --release) binary=$target/release/chatgate ;;
-  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) binary=$1 ;;
 esac
 [ -x "$binary" ] || { echo "no binary at $binary (build it first, see --help)" >&2; exit 2; }
@@ -182,7 +183,7 @@ declare -A port
 for n in a b c; do port[$n]=$(free_port); done
 proxy_port=$(free_port)
 # Node c reaches Redis through a proxy the test can cut (to make it not ready).
-"${probe_bg[@]}" proxy "$proxy_port" "$redis" & proxy_pid=$!; pids+=($proxy_pid)
+"${probe_bg[@]}" proxy "$proxy_port" "$redis" & proxy_pid=$!; pids+=("$proxy_pid")
 start_node() { # name redis_addr
   pm run -d --name "$tag-$1" "${run_flags[@]}" \
     -e CHAT_NODE_ID="$tag-$1" -e CHAT_LISTEN="127.0.0.1:${port[$1]}" -e CHAT_CLUSTER="$cluster" \
@@ -213,7 +214,8 @@ uids=$(awk '/^Uid:/ {print $2, $3, $4, $5}' "/proc/$pid/status")
 pass "node a's process runs as uid 10001"
 
 # --- the load balancer -------------------------------------------------------------------
-export CHAT_LB_BIND=127.0.0.1:$(free_port) CHAT_LB_STATS_BIND=127.0.0.1:$(free_port)
+lb_port=$(free_port) stats_port=$(free_port)
+export CHAT_LB_BIND=127.0.0.1:$lb_port CHAT_LB_STATS_BIND=127.0.0.1:$stats_port
 export CHAT_NODE1=127.0.0.1:${port[a]} CHAT_NODE2=127.0.0.1:${port[b]} CHAT_NODE3=127.0.0.1:${port[c]}
 cfg=deploy/haproxy/haproxy.cfg
 haproxy -c -q -f "$cfg" || die "haproxy -c -f $cfg"
@@ -249,8 +251,21 @@ pass "6 WebSocket upgrades through haproxy spread over a, b, c: $spread"
 probe lbmsg "$lb" | sed 's/^/   /'
 pass "a message between two nodes through haproxy"
 
+# A second haproxy, same file: node1 is a stand-in that passes /readyz but answers upgrades
+# 503, as a node does between the start of its drain and the check noticing.
+refuse_port=$(free_port) lb2_port=$(free_port) stats2_port=$(free_port)
+"${probe_bg[@]}" refuse "$refuse_port" >"$work/refused" & pids+=("$!")
+CHAT_LB_BIND=127.0.0.1:$lb2_port CHAT_LB_STATS_BIND=127.0.0.1:$stats2_port CHAT_NODE1=127.0.0.1:$refuse_port \
+  haproxy -db -n 4000 -f "$cfg" >"$work/haproxy2.log" 2>&1 & lb2_pid=$!; pids+=("$lb2_pid")
+state2_is() { CHAT_LB_STATS_BIND=127.0.0.1:$stats2_port state_is "$@"; }
+for s in node1 node2 node3; do wait_until "second haproxy: $s UP" 30 state2_is $s UP; done
+spread=$(probe spread "ws://127.0.0.1:$lb2_port/ws" 4)
+[ -s "$work/refused" ] || die "the second haproxy never tried the refusing node"
+pass "upgrades answered 503 ($(wc -l <"$work/refused") of them) were retried on other nodes: $spread"
+kill -TERM "$lb2_pid"
+
 say "podman stop a, with a client connected"
-"${probe_bg[@]}" hold "ws://127.0.0.1:${port[a]}/ws" "$work/held" >"$work/close-code" & holder=$!; pids+=($holder)
+"${probe_bg[@]}" hold "ws://127.0.0.1:${port[a]}/ws" "$work/held" >"$work/close-code" & holder=$!; pids+=("$holder")
 wait_until "client on node a" 15 test -s "$work/held"
 pm stop -t 20 "$tag-a" >/dev/null
 wait "$holder" || die "the client on node a failed"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""WebSocket checks for scripts/container-test.sh and scripts/lb-test.sh (needs `websockets`).
+"""WebSocket checks and a cuttable TCP proxy for scripts/container-test.sh (needs `websockets`).
 
   wsprobe.py cross URL_A URL_B [--nodes A,B]   a client on A sends `once` to a client on B:
                                                 B receives it, A gets ack `sent`
@@ -11,6 +11,10 @@
                                                 on different nodes, then a message between them
   wsprobe.py proxy PORT HOST:PORT              TCP proxy 127.0.0.1:PORT -> HOST:PORT until
                                                 SIGTERM; then every proxied connection is cut
+  wsprobe.py refuse PORT                       a node that passes its /readyz check but
+                                                answers 503 to everything else (as one that
+                                                drains before the check notices); prints a
+                                                line per refused request
 
 Each check exits non-zero, with a message, when what it expects does not happen.
 """
@@ -145,6 +149,28 @@ async def proxy(port, target):
     await asyncio.gather(*(h for h in handlers if not h.done()), return_exceptions=True)
 
 
+async def refuse(port):
+    async def handle(r, w):
+        try:
+            line = (await r.readline()).decode(errors="replace").split()
+            while (await r.readline()).strip():
+                pass  # the headers
+            ready = len(line) > 1 and line[1] == "/readyz"
+            body = b"ready" if ready else b'{"error":"unavailable","message":"server is shutting down"}'
+            status = "200 OK" if ready else "503 Service Unavailable"
+            w.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            await w.drain()
+            if not ready:
+                print(f"refused {' '.join(line[:2])}", flush=True)
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    await server.serve_forever()
+
+
 def main(argv):
     if len(argv) < 2:
         fail(__doc__)
@@ -159,6 +185,8 @@ def main(argv):
         run = lbmsg(args[0])
     elif cmd == "proxy" and len(args) == 2:
         run = proxy(int(args[0]), args[1])
+    elif cmd == "refuse" and len(args) == 1:
+        run = refuse(int(args[0]))
     else:
         fail(__doc__)
     try:
