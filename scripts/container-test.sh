@@ -156,7 +156,7 @@ say "building the runtime image from $binary"
 # Only the binary goes into the context: strip its debug info on the way (the release
 # profile keeps line tables, a debug build much more).
 mkdir "$work/ctx"
-strip --strip-debug -o "$work/ctx/chatgate" "$binary"
+if command -v strip >/dev/null; then strip --strip-debug -o "$work/ctx/chatgate" "$binary"; else cp "$binary" "$work/ctx/chatgate"; fi
 # Docker format: the OCI image format has no HEALTHCHECK. The runtime-base stage keeps a tag
 # of its own, so its layers (the apt step) stay cached for the next run.
 bud=(buildah bud --isolation chroot --layers --force-rm --format docker -f Dockerfile)
