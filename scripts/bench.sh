@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The criterion run, then a table of medians from target/criterion.
+# The criterion run, then a table of medians from ${CARGO_TARGET_DIR:-target}/criterion.
 #
 #   scripts/bench.sh                 all benches
 #   scripts/bench.sh --bench route   one bench file (any cargo bench arguments pass through)
@@ -12,12 +12,14 @@ extra=()
 cargo bench "$@" "${extra[@]}"
 
 echo
-echo "medians (target/criterion/*/new/estimates.json):"
-python3 - <<'PY'
-import json, pathlib
+criterion=${CARGO_TARGET_DIR:-target}/criterion
+echo "medians ($criterion/*/new/estimates.json):"
+python3 - "$criterion" <<'PY'
+import json, pathlib, sys
 rows = []
-for est in sorted(pathlib.Path("target/criterion").glob("**/new/estimates.json")):
-    bench = est.parent.parent.relative_to("target/criterion").as_posix()
+root = pathlib.Path(sys.argv[1])
+for est in sorted(root.glob("**/new/estimates.json")):
+    bench = est.parent.parent.relative_to(root).as_posix()
     median = json.loads(est.read_text())["median"]["point_estimate"]  # ns
     rows.append((bench, median))
 def fmt(ns):

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 state=${CHAT_STATE_DIR:-.cluster}
 base=${CHAT_BASE_PORT:-9001}
-bin=target/release/chatgate
+bin=${CARGO_TARGET_DIR:-target}/release/chatgate
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 

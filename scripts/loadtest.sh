@@ -43,7 +43,7 @@ done
 [ "$nodes" -gt 1 ] && cluster=1
 
 [ $build = 1 ] && cargo build --release --quiet --bin chatgate --bin chatgate-load
-bin=target/$profile
+bin=${CARGO_TARGET_DIR:-target}/$profile
 mkdir -p "$(dirname "$out")"
 logs=$(dirname "$out")
 base=${CHAT_BASE_PORT:-9401}
