@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod inprocess;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
