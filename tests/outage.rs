@@ -1,198 +1,78 @@
-//! Backend outages: RabbitMQ `stop_app`/`start_app` under continuous traffic, and a Redis
-//! restart that loses every key. They stop shared services, so the tests in this file take
-//! a lock and run one at a time (cargo runs test binaries one after another).
+//! Backend outages: the private RabbitMQ node's application stopped and started again under
+//! continuous traffic, and a private Redis killed and restarted empty. Each fault hits a
+//! server this test binary started for itself (tests/common/services.rs); the machine's
+//! shared Redis and RabbitMQ are only used, never stopped.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, services};
+use common::cluster::{Services, TestCluster, shared_amqp, shared_redis};
+use common::services::{PrivateRedis, RabbitLease};
+use common::traffic::Traffic;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn run(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).status().is_ok_and(|s| s.success())
-}
-
-/// Starts the RabbitMQ application again when dropped, whatever happened in between.
-struct RabbitBack;
-
-impl Drop for RabbitBack {
-    fn drop(&mut self) {
-        run("rabbitmqctl", &["-q", "start_app"]);
-        run("rabbitmqctl", &["-q", "await_startup"]);
-    }
-}
-
-/// Starts the local Redis again (the command .ci/services.sh uses) when dropped.
-struct RedisBack;
-
-impl Drop for RedisBack {
-    fn drop(&mut self) {
-        let _ = std::fs::create_dir_all("/var/lib/redis");
-        let _ = std::fs::create_dir_all("/var/log/redis");
-        run(
-            "redis-server",
-            &[
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "-::1",
-                "--port",
-                "6379",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                "/var/lib/redis",
-                "--logfile",
-                "/var/log/redis/ci.log",
-            ],
-        );
-        let deadline = Instant::now() + WAIT;
-        while !run("redis-cli", &["-p", "6379", "ping"]) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+/// Messages per second from node 0 to node 1 (the rate the first version of this test used).
+const RATE: u32 = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_under_traffic_loses_no_acked_message() {
-    let Some(svc) = services() else { return };
-    let _serial = SERIAL.lock().await;
+    let Some(redis_url) = shared_redis() else { return };
+    let Some(rabbit) = RabbitLease::acquire().await else { return };
+    let svc = Services { redis_url, amqp_url: rabbit.amqp_url() };
     // A buffer long enough to ride out the restart.
     let c = TestCluster::start(&svc, 2, &[("CHAT_BROKER_BUFFER_MS", "30000")]).await;
-    let sender = c.client(0).await;
-    let mut receiver = c.client(1).await;
-    let to = receiver.user.clone();
+    let traffic = Traffic::start(c.client(0).await, c.client(1).await, RATE);
+    eventually("traffic flows", || async { traffic.delivered() >= 50 }).await;
 
-    // The receiver records every message up to the final marker.
-    let receiving = tokio::spawn(async move {
-        let mut got = BTreeSet::new();
-        let mut duplicates = 0;
-        loop {
-            // Longer than `recv`'s own bound: nothing arrives while the broker is down.
-            let msg =
-                tokio::time::timeout(Duration::from_secs(45), receiver.ws.next()).await.expect("receiver stalled");
-            let Some(Ok(Message::Text(text))) = msg else { continue };
-            let m: Value = serde_json::from_str(&text).unwrap();
-            if m["type"] != "once" {
-                continue;
-            }
-            if m["content"] == "end" {
-                return (got, duplicates);
-            }
-            if !got.insert(m["content"].as_u64().unwrap()) {
-                duplicates += 1;
-            }
-        }
-    });
-
-    // Open-loop sender, one message every 5 ms until told to stop, then the marker.
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let (mut sink, mut acks) = sender.ws.split();
-    let sending = tokio::spawn(async move {
-        let mut n = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        while !*stop_rx.borrow_and_update() {
-            tick.tick().await;
-            let text = json!({"type":"once","to":to,"content":n,"id":n.to_string()}).to_string();
-            sink.send(Message::text(text)).await.unwrap();
-            n += 1;
-        }
-        sink.send(Message::text(json!({"type":"once","to":to,"content":"end","id":"end"}).to_string())).await.unwrap();
-        (n, sink)
-    });
-    let acking = tokio::spawn(async move {
-        let (mut sent, mut unavailable) = (BTreeSet::new(), BTreeSet::new());
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(45), acks.next())
-                .await
-                .expect("acks stalled")
-                .unwrap()
-                .unwrap();
-            let v: Value = serde_json::from_str(msg.to_text().unwrap_or("null")).unwrap_or(Value::Null);
-            match (v["type"].as_str(), v["status"].as_str(), v["code"].as_str(), v["id"].as_str()) {
-                (Some("ack"), Some("sent"), _, Some("end")) => return (sent, unavailable),
-                (Some("ack"), Some("sent"), _, Some(id)) => {
-                    sent.insert(id.parse::<u64>().unwrap());
-                }
-                (Some("error"), _, Some("unavailable"), Some(id)) => {
-                    unavailable.insert(id.parse::<u64>().unwrap_or(u64::MAX));
-                }
-                (Some("ack"), Some(other), _, _) => panic!("unexpected ack {other}: {v}"),
-                _ => {}
-            }
-        }
-    });
-
-    // Traffic flows, the broker goes away, comes back, traffic flows again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let back = RabbitBack;
-    assert!(run("rabbitmqctl", &["-q", "stop_app"]), "rabbitmqctl stop_app");
+    // The broker goes away for as long as it takes to send a second of traffic into the
+    // outage, comes back, traffic flows again.
+    rabbit.app_stop().await;
     let down_at = Instant::now();
-    let n0 = c.nodes[0].addr;
-    let n1 = c.nodes[1].addr;
+    let (n0, n1) = (c.nodes[0].addr, c.nodes[1].addr);
     eventually("readyz 503 while the broker is down", || async {
         http(n0, "GET", "/readyz", &[], "").await.status == 503
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    drop(back);
+    let into_outage = traffic.sent() + u64::from(RATE);
+    eventually("traffic sent into the outage", || async { traffic.sent() >= into_outage }).await;
+    rabbit.app_start().await;
     let outage = down_at.elapsed();
     eventually("both nodes ready again", || async {
         http(n0, "GET", "/readyz", &[], "").await.status == 200
             && http(n1, "GET", "/readyz", &[], "").await.status == 200
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop_tx.send(true).unwrap();
-    let (n, _sink) = sending.await.unwrap();
-    let (sent, unavailable) = acking.await.unwrap();
-    let (got, duplicates) = receiving.await.unwrap();
+    let recovered = traffic.sent();
+    eventually("traffic flows after recovery", || async { traffic.delivered_since(recovered) >= 100 }).await;
+    // Longer than the broker buffer: everything sent is answered by then.
+    let report = traffic.finish(Duration::from_secs(45)).await;
+    eprintln!("broker application down for {:.1} s (node {})\n{report}", outage.as_secs_f64(), rabbit.node());
 
-    let lost: Vec<u64> = sent.difference(&got).copied().collect();
-    eprintln!(
-        "outage {outage:?}: sent {n}, acked sent {}, unavailable {}, delivered {}, duplicates {duplicates}",
-        sent.len(),
-        unavailable.len(),
-        got.len()
-    );
     assert!(
-        lost.is_empty(),
+        report.lost.is_empty(),
         "{} messages acked sent were never delivered: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
+        report.lost.len(),
+        &report.lost[..report.lost.len().min(20)]
     );
-    assert_eq!(sent.len() + unavailable.len(), n as usize, "every message was answered");
-    let after: Vec<&u64> = sent.iter().filter(|&&i| i + 150 > n).collect();
-    assert!(!after.is_empty(), "traffic flows after recovery");
+    assert!(report.unanswered.is_empty(), "every message is answered: {report}");
+    assert_eq!(report.answered_twice, 0, "one answer per message: {report}");
+    assert!(report.acks.keys().all(|s| s == "sent"), "the receiver stayed connected: {report}");
+    assert!(report.errors.keys().all(|code| code == "unavailable"), "{report}");
+    assert_eq!(report.acked("sent") + report.errored("unavailable"), report.sent, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_rebuilds_presence_from_the_nodes() {
-    let Some(svc) = services() else { return };
-    if !svc.redis_url.contains("127.0.0.1:6379") && !svc.redis_url.contains("localhost:6379") {
-        assert!(
-            std::env::var("CHAT_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "this test restarts the local Redis; CHAT_TEST_REDIS_URL points elsewhere"
-        );
-        eprintln!("!!!! SKIPPING redis restart test: Redis is not local !!!!");
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let c = TestCluster::start(&svc, 2, &[]).await;
+    let Some(amqp_url) = shared_amqp() else { return };
+    let Some(mut redis) = PrivateRedis::start().await else { return };
+    let c = TestCluster::start(&Services { redis_url: redis.url(), amqp_url }, 2, &[]).await;
     let mut a = c.client(0).await;
     let mut b = c.client(1).await;
     let mut ghost = c.client(1).await;
@@ -204,8 +84,7 @@ async fn redis_restart_rebuilds_presence_from_the_nodes() {
     eventually("all joins seen", || async { c.members(0, "room").await.len() == 3 }).await;
 
     // Redis dies and loses everything.
-    let back = RedisBack;
-    assert!(run("redis-cli", &["-p", "6379", "shutdown", "nosave"]) || !run("redis-cli", &["-p", "6379", "ping"]));
+    redis.kill9();
     let n0 = c.nodes[0].addr;
     let n1 = c.nodes[1].addr;
     eventually("readyz 503 while Redis is down", || async { http(n0, "GET", "/readyz", &[], "").await.status == 503 })
@@ -217,7 +96,7 @@ async fn redis_restart_rebuilds_presence_from_the_nodes() {
     assert!(tokio_tungstenite::connect_async(c.url(0)).await.is_err(), "no new connections");
     // A client leaves while its departure cannot be recorded.
     ghost.close().await;
-    drop(back);
+    redis.restart().await;
 
     eventually("both nodes ready again", || async {
         http(n0, "GET", "/readyz", &[], "").await.status == 200
@@ -253,4 +132,69 @@ async fn redis_restart_rebuilds_presence_from_the_nodes() {
     assert_eq!(ack["status"], "sent");
     assert_eq!(b.recv_type("once").await["content"], "back");
     drop(d);
+}
+
+/// The harness does what fault tests rely on: a paused server answers nothing until resumed,
+/// a killed one refuses connections, a restarted Redis is empty, and a restarted RabbitMQ
+/// node still has its durable queues and persistent messages. (The short timeouts below
+/// only show an absence: a paused process cannot answer however long one waits.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_servers_pause_kill_and_restart_as_documented() {
+    let Some(mut redis) = PrivateRedis::start().await else { return };
+    let Some(mut rabbit) = RabbitLease::acquire().await else { return };
+    let port_open = |port: u16| async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() };
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET").arg("k").arg("v").query_async(&mut conn).await.unwrap();
+    redis.pause();
+    let mut get = redis::cmd("GET");
+    let get = get.arg("k").query_async::<Option<String>>(&mut conn);
+    // The client's own response timeout may fire first: either way, no value.
+    let r = tokio::time::timeout(Duration::from_millis(500), get).await;
+    assert!(!matches!(r, Ok(Ok(_))), "a paused Redis answers: {r:?}");
+    redis.resume();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"), "resumed with its data");
+    redis.kill9();
+    assert!(!port_open(redis.port()).await, "a killed Redis refuses connections");
+    redis.restart().await;
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let v: Option<String> = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
+    assert_eq!(v, None, "a restarted Redis is empty");
+
+    let queue = format!("harness-{:08x}", fastrand::u32(..));
+    let conn = Connection::connect(&rabbit.amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.unwrap();
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    let publish =
+        ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), b"kept", persistent);
+    assert!(publish.await.unwrap().await.unwrap().is_ack(), "publish confirmed");
+
+    rabbit.pause();
+    let url = rabbit.amqp_url();
+    let connect = Connection::connect(&url, ConnectionProperties::default());
+    assert!(tokio::time::timeout(Duration::from_secs(1), connect).await.is_err(), "a paused broker answers");
+    rabbit.resume();
+    assert!(common::services::amqp_handshake(&rabbit.amqp_url()).await, "a resumed broker answers");
+    rabbit.kill9();
+    assert!(!port_open(rabbit.port()).await, "a killed broker refuses connections");
+    rabbit.restart().await;
+    let conn = Connection::connect(&rabbit.amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    eventually("the durable queue is recovered", || async {
+        // A failed passive declare closes its channel: one channel per try.
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok()
+    })
+    .await;
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
+    assert_eq!(got.map(|m| m.delivery.data), Some(b"kept".to_vec()), "the persistent message survived");
+    ch.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+    let _ = conn.close(200, "".into()).await;
 }

@@ -1,5 +1,6 @@
-//! Cluster test harness: `chatgate` child processes against the real Redis and RabbitMQ,
-//! each test with its own cluster name (Redis key hash tag, AMQP name prefix).
+//! Cluster test harness: `chatgate` child processes against real Redis and RabbitMQ (the
+//! shared ones, or a fault test's private ones), each test with its own cluster name (Redis
+//! key hash tag, AMQP name prefix).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -18,21 +19,40 @@ pub struct Services {
     pub amqp_url: String,
 }
 
-/// The services from `CHAT_TEST_REDIS_URL` / `CHAT_TEST_AMQP_URL` (default 127.0.0.1), or
-/// `None` with a loud message if one is unreachable. With `CHAT_TEST_REQUIRE_SERVICES=1`
-/// an unreachable service fails the test instead.
+/// The shared services from `CHAT_TEST_REDIS_URL` / `CHAT_TEST_AMQP_URL` (default
+/// 127.0.0.1), or `None` with a loud message if one is unreachable. With
+/// `CHAT_TEST_REQUIRE_SERVICES=1` an unreachable service fails the test instead. Tests use
+/// them read-write and never stop them; fault tests bring their own (`services.rs`).
 pub fn services() -> Option<Services> {
-    let redis_url = std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-    let amqp_url =
-        std::env::var("CHAT_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let mut down = Vec::new();
-    for url in [&redis_url, &amqp_url] {
-        if !reachable(url) {
-            down.push(url.clone());
-        }
-    }
+    let (redis_url, amqp_url) = (shared_redis_url(), shared_amqp_url());
+    usable(&[&redis_url, &amqp_url]).then_some(Services { redis_url, amqp_url })
+}
+
+/// The shared Redis alone, for a test that brings its own broker.
+pub fn shared_redis() -> Option<String> {
+    let url = shared_redis_url();
+    usable(&[&url]).then_some(url)
+}
+
+/// The shared RabbitMQ alone, for a test that brings its own Redis.
+pub fn shared_amqp() -> Option<String> {
+    let url = shared_amqp_url();
+    usable(&[&url]).then_some(url)
+}
+
+fn shared_redis_url() -> String {
+    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn shared_amqp_url() -> String {
+    std::env::var("CHAT_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Whether every URL answers; otherwise skip loudly, or fail under `CHAT_TEST_REQUIRE_SERVICES=1`.
+fn usable(urls: &[&String]) -> bool {
+    let down: Vec<&String> = urls.iter().copied().filter(|u| !reachable(u)).collect();
     if down.is_empty() {
-        return Some(Services { redis_url, amqp_url });
+        return true;
     }
     if std::env::var("CHAT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
         panic!("backing services unreachable: {down:?} (CHAT_TEST_REQUIRE_SERVICES=1)");
@@ -41,7 +61,7 @@ pub fn services() -> Option<Services> {
         "\n!!!! SKIPPING: backing services unreachable: {down:?}. Start Redis and RabbitMQ \
          (see .ci/services.sh) or set CHAT_TEST_REDIS_URL / CHAT_TEST_AMQP_URL. !!!!\n"
     );
-    None
+    false
 }
 
 fn reachable(url: &str) -> bool {
@@ -237,8 +257,11 @@ impl Drop for TestCluster {
                 }
             }
         }
-        // Leave nothing behind in Redis. (Queues expire by themselves: x-expires.)
-        let conn = redis::Client::open(self.svc.redis_url.as_str()).and_then(|c| c.get_connection());
+        // Leave nothing behind in Redis. (Queues expire by themselves: x-expires.) Bounded:
+        // a fault test's Redis may be dead or paused by now.
+        let conn = redis::Client::open(self.svc.redis_url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|c| c.set_read_timeout(Some(Duration::from_secs(2))).map(|()| c));
         if let Ok(mut conn) = conn {
             let keys: Vec<String> = redis::cmd("KEYS").arg(self.key("*")).query(&mut conn).unwrap_or_default();
             if !keys.is_empty() {

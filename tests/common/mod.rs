@@ -5,6 +5,8 @@
 
 pub mod cluster;
 pub mod inprocess;
+pub mod services;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
