@@ -6,7 +6,9 @@ use std::hint::black_box;
 
 use chatgate::backend::redis::{Commands, Write};
 use chatgate::delivery::Target;
-use chatgate::dispatch::batch::{BatchBuf, decode};
+use chatgate::dispatch::batch::{BatchBuf, Origin, decode};
+
+const ORIGIN: Origin<'static> = Origin { node: "node-1", incarnation: 7, seq: 1 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn frames(n: usize) -> Vec<(String, Vec<u8>)> {
@@ -20,14 +22,14 @@ fn batch(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("encode", n), &fs, |b, fs| {
             b.iter(|| {
-                let mut batch = BatchBuf::new();
+                let mut batch = BatchBuf::new(ORIGIN);
                 for (user, frame) in fs {
                     batch.push(Target::User(user.as_str()), frame);
                 }
                 black_box(batch.finish())
             })
         });
-        let mut batch = BatchBuf::new();
+        let mut batch = BatchBuf::new(ORIGIN);
         for (user, frame) in &fs {
             batch.push(Target::User(user.as_str()), frame);
         }
@@ -35,7 +37,8 @@ fn batch(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("decode", n), &bytes, |b, bytes| {
             b.iter(|| {
                 let mut total = 0;
-                for entry in decode(black_box(bytes)) {
+                let Ok((_, entries)) = decode(black_box(bytes)) else { return 0 };
+                for entry in entries {
                     total += entry.unwrap().1.len();
                 }
                 black_box(total)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chatgate::backend::memory::{MemoryBroker, MemoryPresence};
-use chatgate::backend::{BackendError, BoxFuture, Maintenance, Presence, Target};
+use chatgate::backend::{BackendError, BoxFuture, Located, Maintenance, Presence, Target};
 use chatgate::{Backends, Config};
 use common::*;
 use serde_json::json;
@@ -157,7 +157,7 @@ impl Presence for Flaky {
     fn members<'a>(&'a self, group: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
         self.gate(self.inner.members(group))
     }
-    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>> {
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Located, BackendError>> {
         self.gate(self.inner.locate(targets))
     }
     fn is_healthy(&self) -> bool {

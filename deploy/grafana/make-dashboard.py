@@ -89,8 +89,9 @@ y += 8
 row("Broker (RabbitMQ)", y)
 y += 1
 series("AMQP messages /s", [(rate("chatgate_broker_published_total", "instance"), "published {{instance}}"),
-                            (rate("chatgate_broker_consumed_total", "instance"), "consumed {{instance}}")], 0, y,
-       unit="ops")
+                            (rate("chatgate_broker_consumed_total", "instance"), "consumed {{instance}}"),
+                            (rate("chatgate_broker_duplicates_total", "instance"), "redelivered, dropped {{instance}}")],
+       0, y, unit="ops")
 series("Chat frames per AMQP message", [(mean("chatgate_broker_frames_per_message"), "mean"),
                                         (quantile(0.99, "chatgate_broker_frames_per_message"), "p99")], 8, y)
 series("Publish → confirm", [(quantile(q, "chatgate_broker_confirm_latency_seconds"), f"p{q * 100:g}")

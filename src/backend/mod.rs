@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 pub use crate::protocol::Target;
 use crate::tasks::Tasks;
@@ -131,7 +132,7 @@ pub trait Presence: Send + Sync + 'static {
 
     /// For each target, the nodes holding at least one of its connections. One round trip
     /// for the whole batch.
-    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>>;
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Located, BackendError>>;
 
     /// `false` while the store is unreachable.
     fn is_healthy(&self) -> bool;
@@ -164,6 +165,17 @@ pub struct NodeInfo {
     pub users: u64,
     /// Process start, ms since the epoch.
     pub started: u64,
+}
+
+/// The answer to [`Presence::locate`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// Per target, in order, the nodes holding it.
+    pub nodes: Vec<Vec<String>>,
+    /// `false` while the store is being rebuilt after it lost its data (until every live
+    /// node has registered its connections again): a target found nowhere may still be
+    /// online, so it must not be reported `offline`.
+    pub settled: bool,
 }
 
 /// What [`Presence::maintain`] did that the node must act on.
@@ -199,8 +211,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Queues one batch for `node` before returning (so batches leave in call order) and
     /// returns a future that resolves once the broker has taken responsibility for it
     /// (publisher confirm): only then may the messages in it be acked `sent`. `Ok(false)`:
-    /// the broker has no queue for that node (it is gone), nothing was delivered there.
-    fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<bool, BackendError>>;
+    /// the broker has no queue for that node (it is gone), nothing was delivered there. A
+    /// batch still waiting for an unreachable broker at `deadline` fails (its oldest message
+    /// has waited as long as `CHAT_BROKER_BUFFER_MS` allows).
+    fn publish(&self, node: &str, batch: Bytes, deadline: Instant) -> BoxFuture<'static, Result<bool, BackendError>>;
 
     /// Deletes what the broker holds for a dead node (its queue).
     fn remove_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, ()>;

@@ -131,7 +131,7 @@ pub struct ClusterConfig {
     /// Node lease. A node that stops refreshing it is swept by the others within 2 x this.
     #[arg(long = "node-ttl-ms", env = "CHAT_NODE_TTL_MS", value_name = "CHAT_NODE_TTL_MS", default_value = "10000", value_parser = millis(300, 3_600_000))]
     pub node_ttl: Duration,
-    /// During a RabbitMQ outage, how long a message may wait for it before being answered unavailable.
+    /// During a RabbitMQ outage (down, or up but not confirming), how long a message may wait for it, counted from when it was read, before being answered unavailable.
     #[arg(long = "broker-buffer-ms", env = "CHAT_BROKER_BUFFER_MS", value_name = "CHAT_BROKER_BUFFER_MS", default_value = "5000", value_parser = millis(0, 3_600_000))]
     pub broker_buffer: Duration,
     /// Bytes of messages held during a RabbitMQ outage; beyond, unavailable.
@@ -149,6 +149,9 @@ pub struct ClusterConfig {
     /// Unacknowledged AMQP messages a node's consumer may hold.
     #[arg(long = "amqp-prefetch", env = "CHAT_AMQP_PREFETCH", value_name = "CHAT_AMQP_PREFETCH", default_value = "256", value_parser = ranged::<u16>(1, u16::MAX))]
     pub prefetch: u16,
+    /// AMQP heartbeat in seconds (0: off), unless RABBIT_MQ_URL sets heartbeat=: a broker that stops answering (hung, partitioned) is detected within two heartbeats and the connection is made again.
+    #[arg(long = "amqp-heartbeat-s", env = "CHAT_AMQP_HEARTBEAT_S", value_name = "CHAT_AMQP_HEARTBEAT_S", default_value = "5", value_parser = ranged::<u16>(0, 3600))]
+    pub amqp_heartbeat: u16,
     /// Persistent messages: a batch acked sent survives a RabbitMQ restart.
     #[arg(long = "amqp-persistent", env = "CHAT_AMQP_PERSISTENT", value_name = "CHAT_AMQP_PERSISTENT", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub persistent: bool,

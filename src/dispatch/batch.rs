@@ -4,19 +4,24 @@
 //! for a node into one batch (bounded by bytes and count). Layout, all integers big-endian:
 //!
 //! ```text
-//! batch  = version:u8 (=1) entry*
+//! batch  = version:u8 (=2) origin entry*
+//! origin = node_len:u8 node:bytes incarnation:u32 seq:u64
 //! entry  = kind:u8 (1 user, 2 group) target_len:u8 target:bytes frame_len:u32 frame:bytes
 //! ```
 //!
 //! `frame` is the complete WebSocket frame, so the receiving node slices it out of the
-//! delivery (no copy) and pushes the same `Bytes` to every local recipient.
+//! delivery (no copy) and pushes the same `Bytes` to every local recipient. `origin` names
+//! the sending process and numbers its batches, so a batch the broker delivers twice (after a
+//! broker restart or a consumer reconnect) is recognised and dropped (see `dedup`). Version 1
+//! batches (no origin) from older nodes are still read.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::Target;
 use crate::protocol::is_valid_name;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 const KIND_USER: u8 = 1;
 const KIND_GROUP: u8 = 2;
 
@@ -27,16 +32,23 @@ pub struct BatchBuf {
     entries: usize,
 }
 
-impl Default for BatchBuf {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Who sent a batch: a node's process (its incarnation) and the batch's number in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    pub node: &'a str,
+    pub incarnation: u32,
+    pub seq: u64,
 }
 
 impl BatchBuf {
-    pub fn new() -> Self {
+    pub fn new(origin: Origin<'_>) -> Self {
         let mut buf = BytesMut::with_capacity(1024);
         buf.put_u8(VERSION);
+        debug_assert!(origin.node.len() <= u8::MAX as usize);
+        buf.put_u8(origin.node.len() as u8);
+        buf.put_slice(origin.node.as_bytes());
+        buf.put_u32(origin.incarnation);
+        buf.put_u64(origin.seq);
         BatchBuf { buf, entries: 0 }
     }
 
@@ -85,23 +97,49 @@ pub struct BatchError {
     pub what: &'static str,
 }
 
-/// Iterates a batch's entries; frames are zero-copy slices of `batch`.
-pub fn decode(batch: &Bytes) -> impl Iterator<Item = Result<(Target<&str>, Bytes), BatchError>> + '_ {
-    let mut pos = 1usize;
-    let mut failed = false;
-    let version_ok = batch.first() == Some(&VERSION);
-    std::iter::from_fn(move || {
-        if failed || pos >= batch.len() {
+/// A batch's origin (`None` for a version 1 batch) and its entries; frames are zero-copy
+/// slices of `batch`.
+pub fn decode(batch: &Bytes) -> Result<(Option<Origin<'_>>, Entries<'_>), BatchError> {
+    let b = &batch[..];
+    let err = |at, what| BatchError { at, what };
+    let (origin, pos) = match b.first() {
+        Some(&VERSION_1) => (None, 1),
+        Some(&VERSION) => {
+            let len = *b.get(1).ok_or(err(1, "truncated origin"))? as usize;
+            let node = b.get(2..2 + len).ok_or(err(2, "truncated origin"))?;
+            let node = std::str::from_utf8(node).ok().filter(|n| is_valid_name(n)).ok_or(err(2, "invalid origin"))?;
+            let at = 2 + len;
+            let fixed: [u8; 12] =
+                b.get(at..at + 12).ok_or(err(at, "truncated origin"))?.try_into().map_err(|_| err(at, "origin"))?;
+            let incarnation = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
+            let seq =
+                u64::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7], fixed[8], fixed[9], fixed[10], fixed[11]]);
+            (Some(Origin { node, incarnation, seq }), at + 12)
+        }
+        _ => return Err(err(0, "unknown version")),
+    };
+    Ok((origin, Entries { batch, pos, failed: false }))
+}
+
+/// The entries of a batch, in order; stops after the first malformed one.
+#[derive(Debug)]
+pub struct Entries<'a> {
+    batch: &'a Bytes,
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(Target<&'a str>, Bytes), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.batch.len() {
             return None;
         }
-        if !version_ok {
-            failed = true;
-            return Some(Err(BatchError { at: 0, what: "unknown version" }));
-        }
-        let res = entry(batch, &mut pos);
-        failed = res.is_err();
+        let res = entry(self.batch, &mut self.pos);
+        self.failed = res.is_err();
         Some(res)
-    })
+    }
 }
 
 fn entry<'a>(batch: &'a Bytes, pos: &mut usize) -> Result<(Target<&'a str>, Bytes), BatchError> {
@@ -133,20 +171,32 @@ fn entry<'a>(batch: &'a Bytes, pos: &mut usize) -> Result<(Target<&'a str>, Byte
 mod tests {
     use super::*;
 
+    const ORIGIN: Origin<'static> = Origin { node: "n1", incarnation: 0xdead_beef, seq: 42 };
+
+    type Decoded<'a> = (Option<Origin<'a>>, Vec<(Target<&'a str>, Bytes)>);
+
+    /// Every entry of a batch, or the first error.
+    fn all(batch: &Bytes) -> Result<Decoded<'_>, BatchError> {
+        let (origin, entries) = decode(batch)?;
+        Ok((origin, entries.collect::<Result<_, _>>()?))
+    }
+
     #[test]
     fn round_trip() {
-        let mut b = BatchBuf::new();
+        let mut b = BatchBuf::new(ORIGIN);
         b.push(Target::User("42"), b"\x81\x02hi");
         b.push(Target::Group("room.1"), &vec![7u8; 70_000]);
         b.push(Target::User(&"u".repeat(128)), b"");
         assert_eq!(b.entries(), 3);
         let expected_len = 1
+            + (1 + 2 + 4 + 8)
             + BatchBuf::entry_len(Target::User("42"), b"\x81\x02hi")
             + BatchBuf::entry_len(Target::Group("room.1"), &[0; 70_000])
             + BatchBuf::entry_len(Target::User(&"u".repeat(128)), b"");
         assert_eq!(b.len(), expected_len);
         let bytes = b.finish();
-        let got: Vec<_> = decode(&bytes).collect::<Result<_, _>>().unwrap();
+        let (origin, got) = all(&bytes).unwrap();
+        assert_eq!(origin, Some(ORIGIN));
         assert_eq!(got[0], (Target::User("42"), Bytes::from_static(b"\x81\x02hi")));
         assert_eq!(got[1].0, Target::Group("room.1"));
         assert_eq!(got[1].1.len(), 70_000);
@@ -154,30 +204,48 @@ mod tests {
     }
 
     #[test]
+    fn version_1_batches_are_still_read() {
+        let mut v1 = vec![1u8, 1, 2];
+        v1.extend_from_slice(b"42");
+        v1.extend_from_slice(&3u32.to_be_bytes());
+        v1.extend_from_slice(b"abc");
+        let v1 = Bytes::from(v1);
+        let (origin, got) = all(&v1).unwrap();
+        assert_eq!(origin, None);
+        assert_eq!(got, [(Target::User("42"), Bytes::from_static(b"abc"))]);
+    }
+
+    #[test]
     fn malformed_batches_are_errors_not_panics() {
-        let mut b = BatchBuf::new();
+        let mut b = BatchBuf::new(ORIGIN);
         b.push(Target::User("1"), b"abcdef");
         let good = b.finish();
+        let header = 1 + 1 + 2 + 12;
         for cut in 0..good.len() {
             let partial = good.slice(..cut);
-            let items: Vec<_> = decode(&partial).collect();
-            if cut > 1 {
-                assert!(items.last().unwrap().is_err(), "cut at {cut}");
+            let res = all(&partial);
+            if cut > header {
+                assert!(res.is_err(), "cut at {cut}");
+            } else if cut < header {
+                assert!(res.is_err(), "a truncated origin at {cut}");
             }
         }
         let mut bad_kind = good.to_vec();
-        bad_kind[1] = 9;
-        assert!(decode(&Bytes::from(bad_kind)).next().unwrap().is_err());
+        bad_kind[header] = 9;
+        assert!(all(&Bytes::from(bad_kind)).is_err());
         let mut bad_name = good.to_vec();
-        bad_name[3] = b' ';
-        assert!(decode(&Bytes::from(bad_name)).next().unwrap().is_err());
+        bad_name[header + 2] = b' ';
+        assert!(all(&Bytes::from(bad_name)).is_err());
+        let mut bad_origin = good.to_vec();
+        bad_origin[2] = b'/';
+        assert!(decode(&Bytes::from(bad_origin)).is_err());
         let mut bad_version = good.to_vec();
-        bad_version[0] = 2;
-        assert_eq!(decode(&Bytes::from(bad_version)).count(), 1);
+        bad_version[0] = 3;
+        assert!(decode(&Bytes::from(bad_version)).is_err());
         let mut rng = fastrand::Rng::with_seed(3);
         for _ in 0..2000 {
             let junk: Vec<u8> = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect();
-            let _ = decode(&Bytes::from(junk)).count();
+            let _ = all(&Bytes::from(junk));
         }
     }
 }

@@ -16,6 +16,7 @@
 //! an AMQP message.
 
 pub mod batch;
+mod dedup;
 mod shard;
 
 use std::sync::Arc;
@@ -57,11 +58,17 @@ pub struct Limits {
     /// While traffic flows, a shard takes at most one drain per this interval (zero: no
     /// pacing). After an idle interval the next message is routed at once.
     pub pacing: Duration,
+    /// Longest a message may wait for an unreachable broker, counted from when it was read
+    /// (`CHAT_BROKER_BUFFER_MS`): then it is answered `unavailable`, wherever it waits.
+    pub outage: Duration,
 }
 
 /// What every shard shares.
 struct Ctx {
     node: String,
+    /// This process, and the number of the next batch it sends (all shards share it).
+    incarnation: u32,
+    batches: std::sync::atomic::AtomicU64,
     presence: Arc<dyn Presence>,
     broker: Arc<dyn Broker>,
     limits: Limits,
@@ -86,9 +93,12 @@ impl std::fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
-    /// `shards` dispatchers for node `node`, each queueing up to `queue` jobs. Spawns nothing.
+    /// `shards` dispatchers for node `node` (process `incarnation`), each queueing up to
+    /// `queue` jobs. Spawns nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: &str,
+        incarnation: u32,
         presence: Arc<dyn Presence>,
         broker: Arc<dyn Broker>,
         shards: usize,
@@ -96,7 +106,15 @@ impl Dispatch {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let ctx = Arc::new(Ctx { node: node.to_owned(), presence, broker, limits, metrics: metrics.clone() });
+        let ctx = Arc::new(Ctx {
+            node: node.to_owned(),
+            incarnation,
+            batches: Default::default(),
+            presence,
+            broker,
+            limits,
+            metrics: metrics.clone(),
+        });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| mpsc::channel(queue)).unzip();
         Dispatch { shards: txs.into(), metrics, idle: Mutex::new(Some((ctx, rxs))) }
     }
@@ -149,17 +167,32 @@ impl Dispatch {
 }
 
 /// Where the broker's consumer hands this node's inbound batches: straight into the local
-/// outboxes, each frame a zero-copy slice of the delivery.
+/// outboxes, each frame a zero-copy slice of the delivery. A batch delivered before (the
+/// broker redelivers after a restart or a consumer reconnect) is dropped.
 pub fn inbox(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Inbox {
+    let seen = dedup::Dedup::default();
     Arc::new(move |batch: Bytes| {
         metrics.broker.consumed.inc();
-        for entry in batch::decode(&batch) {
+        let (origin, entries) = match batch::decode(&batch) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                warn!(error = %e, "dropping malformed inbound batch");
+                return;
+            }
+        };
+        if let Some(origin) = origin
+            && !seen.first_time(origin)
+        {
+            metrics.broker.duplicates.inc();
+            return;
+        }
+        for entry in entries {
             match entry {
                 Ok((target, frame)) => {
                     metrics.delivered.inc_by(hub.deliver(target, &frame, None) as u64);
                 }
                 Err(e) => {
-                    warn!(error = %e, "dropping malformed inbound batch");
+                    warn!(error = %e, "dropping the rest of a malformed inbound batch");
                     return;
                 }
             }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::{debug, trace};
 
-use super::batch::BatchBuf;
+use super::batch::{BatchBuf, Origin};
 use super::{Ctx, Job};
 use crate::backend::{BackendError, BoxFuture, chain};
 use crate::delivery::{Ack, Target, decide};
@@ -24,6 +24,13 @@ const WINDOW: usize = 2;
 
 /// Entries an outlet holds beyond its window (a broker outage); more are `unavailable`.
 const MAX_PENDING: usize = 1 << 16;
+
+/// How often messages waiting in outlets are checked against the outage bound.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A confirm is awaited this long past its batch's deadline (the publisher's own bound plus
+/// a margin): whatever the broker does, every message is answered.
+const CONFIRM_GUARD: std::time::Duration = std::time::Duration::from_millis(750);
 
 /// A job waiting for its remote batches to be confirmed.
 struct Waiting {
@@ -83,9 +90,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Job>, stopped: Wai
     };
     let mut jobs: Vec<Job> = Vec::with_capacity(DRAIN);
     let mut last_drain: Option<tokio::time::Instant> = None;
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stopped);
     loop {
         let wait = last_drain.map(|t| t + pacing).filter(|&t| t > tokio::time::Instant::now());
+        let waiting = s.outlets.iter().any(|o| !o.pending.is_empty());
         tokio::select! {
             n = rx.recv_many(&mut jobs, DRAIN), if wait.is_none() => {
                 if n == 0 {
@@ -102,6 +112,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Job>, stopped: Wai
                     last_drain = None;
                 }
             }
+            _ = expiry.tick(), if waiting => s.expire(),
             () = &mut stopped => return,
         }
     }
@@ -126,7 +137,7 @@ impl Shard {
         drop(index);
         trace!(jobs = jobs.len(), targets = targets.len(), "routing a drain");
         let located = match ctx.presence.locate(&targets).await {
-            Ok(l) if l.len() == targets.len() => l,
+            Ok(l) if l.nodes.len() == targets.len() => l,
             res => {
                 let e = res.err().unwrap_or_else(|| BackendError::presence("routing lookup answered wrongly"));
                 debug!(error = %chain(&e), jobs = jobs.len(), "routing lookup failed");
@@ -140,11 +151,15 @@ impl Shard {
         let mut remote: Vec<usize> = Vec::new();
         for (job, t) in jobs.drain(..).zip(slots) {
             remote.clear();
-            for n in located[t].iter().filter(|n| **n != ctx.node) {
+            for n in located.nodes[t].iter().filter(|n| **n != ctx.node) {
                 remote.push(self.outlet(n));
             }
             if remote.is_empty() {
-                job.ack.answer(decide(job.delivered, job.undelivered, None), job.read_at, &ctx.metrics);
+                // Found nowhere else while the store is being rebuilt: the recipient may be
+                // online on a node that has not re-registered yet, so never `offline` then.
+                let failed = (!located.settled && !job.delivered)
+                    .then(|| BackendError::presence("rebuilding after a store restart"));
+                job.ack.answer(decide(job.delivered, job.undelivered, failed), job.read_at, &ctx.metrics);
                 continue;
             }
             if remote.iter().any(|&o| self.outlets[o].pending.len() >= MAX_PENDING) {
@@ -194,9 +209,12 @@ impl Shard {
     fn flush(&mut self, o: usize) {
         let limits = self.ctx.limits;
         let outlet = &mut self.outlets[o];
+        let waiting = &self.waiting;
         while outlet.inflight < WINDOW && !outlet.pending.is_empty() {
-            let mut batch = BatchBuf::new();
+            let seq = self.ctx.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut batch = BatchBuf::new(Origin { node: &self.ctx.node, incarnation: self.ctx.incarnation, seq });
             let mut jobs = Vec::new();
+            let mut oldest: Option<std::time::Instant> = None;
             while let Some(e) = outlet.pending.front() {
                 let to = e.target.as_deref();
                 if !batch.is_empty()
@@ -207,17 +225,25 @@ impl Shard {
                 }
                 batch.push(to, &e.frame);
                 jobs.push(e.job);
+                if let Some(w) = &waiting[e.job] {
+                    oldest = Some(oldest.map_or(w.read_at, |t| t.min(w.read_at)));
+                }
                 outlet.pending.pop_front();
             }
+            let oldest = oldest.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+            let deadline = oldest + limits.outage;
             outlet.inflight += 1;
             trace!(node = %outlet.node, frames = jobs.len(), inflight = outlet.inflight, "publishing a batch");
             let m = &self.ctx.metrics.broker;
             m.published.inc();
             m.frames_per_message.observe_count(jobs.len() as u64);
-            let confirm = self.ctx.broker.publish(&outlet.node, batch.finish());
+            let confirm = self.ctx.broker.publish(&outlet.node, batch.finish(), deadline);
             let (sent, ctx) = (std::time::Instant::now(), self.ctx.clone());
             self.confirms.push(Box::pin(async move {
-                let res = confirm.await;
+                let res = match tokio::time::timeout_at(deadline + CONFIRM_GUARD, confirm).await {
+                    Ok(res) => res,
+                    Err(_) => Err(BackendError::broker("no confirm within the outage bound")),
+                };
                 ctx.metrics.broker.confirm_latency.observe_duration(sent.elapsed());
                 (o, jobs, res)
             }));
@@ -229,21 +255,46 @@ impl Shard {
         self.outlets[o].inflight -= 1;
         trace!(node = %self.outlets[o].node, frames = jobs.len(), ?res, "batch settled");
         for j in jobs {
-            let Some(w) = self.waiting[j].as_mut() else { continue };
-            match &res {
-                Ok(true) => w.delivered = true,
-                Ok(false) => {}
-                Err(e) => w.failed = Some(e.clone()),
-            }
-            w.remaining -= 1;
-            if w.remaining > 0 {
-                continue;
-            }
-            if let Some(w) = self.waiting[j].take() {
-                self.free.push(j);
-                w.ack.answer(decide(w.delivered, w.undelivered, w.failed), w.read_at, &self.ctx.metrics);
-            }
+            self.settle(j, &res);
         }
         self.flush(o);
+    }
+
+    /// One of job `j`'s batches (or pending entries) has its outcome; the job is answered
+    /// once all have.
+    fn settle(&mut self, j: usize, res: &Result<bool, BackendError>) {
+        let Some(w) = self.waiting[j].as_mut() else { return };
+        match res {
+            Ok(true) => w.delivered = true,
+            Ok(false) => {}
+            Err(e) => w.failed = Some(e.clone()),
+        }
+        w.remaining -= 1;
+        if w.remaining > 0 {
+            return;
+        }
+        if let Some(w) = self.waiting[j].take() {
+            self.free.push(j);
+            w.ack.answer(decide(w.delivered, w.undelivered, w.failed), w.read_at, &self.ctx.metrics);
+        }
+    }
+
+    /// Answers `unavailable` for messages still waiting in an outlet (its window full: the
+    /// broker is not confirming) once they have waited the outage bound since they were read.
+    fn expire(&mut self) {
+        let now = std::time::Instant::now();
+        let bound = self.ctx.limits.outage;
+        let expired = Err(BackendError::broker("unreachable for longer than the outage bound"));
+        for o in 0..self.outlets.len() {
+            while let Some(e) = self.outlets[o].pending.front() {
+                let due = self.waiting[e.job].as_ref().is_none_or(|w| w.read_at + bound <= now);
+                if !due {
+                    break;
+                }
+                if let Some(e) = self.outlets[o].pending.pop_front() {
+                    self.settle(e.job, &expired);
+                }
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ impl Held {
 
     /// Entries of batch `i`.
     fn entries(&self, i: usize) -> usize {
-        batch::decode(&self.published.lock()[i].1).count()
+        batch::decode(&self.published.lock()[i].1).map_or(0, |(_, entries)| entries.count())
     }
 
     fn confirm(&self, i: usize, res: Result<bool, BackendError>) {
@@ -40,7 +40,12 @@ impl Held {
 
 impl Broker for Arc<Held> {
     fn start(&self, _: Inbox, _: &Tasks) {}
-    fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<bool, BackendError>> {
+    fn publish(
+        &self,
+        node: &str,
+        batch: Bytes,
+        _: tokio::time::Instant,
+    ) -> BoxFuture<'static, Result<bool, BackendError>> {
         let (tx, rx) = oneshot::channel();
         self.published.lock().push((node.to_owned(), batch, Some(tx)));
         Box::pin(async move { rx.await.unwrap_or(Err(BackendError::broker("dropped"))) })
@@ -69,8 +74,9 @@ async fn setup() -> Setup {
     b.connect("u").await.unwrap();
     let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(cluster, "a"));
     let held = Arc::new(Held::default());
-    let limits = Limits { batch_bytes: 1 << 20, batch_frames: 512, pacing: Duration::ZERO };
-    let dispatch = Dispatch::new("a", presence, Arc::new(held.clone()), 1, 1024, limits, Arc::default());
+    let limits =
+        Limits { batch_bytes: 1 << 20, batch_frames: 512, pacing: Duration::ZERO, outage: Duration::from_secs(60) };
+    let dispatch = Dispatch::new("a", 7, presence, Arc::new(held.clone()), 1, 1024, limits, Arc::default());
     let tasks = Tasks::new();
     dispatch.start(&tasks);
     Setup { held, dispatch, _tasks: tasks }

@@ -106,6 +106,8 @@ const LINKS: [&str; 2] = ["publish", "consume"];
 pub struct BrokerMetrics {
     pub published: Counter,
     pub consumed: Counter,
+    /// Batches the broker delivered again, dropped.
+    pub duplicates: Counter,
     pub frames_per_message: Histogram,
     pub confirm_latency: Histogram,
     /// Bytes of batches held while the broker is unreachable.
@@ -206,6 +208,8 @@ impl Metrics {
         let broker = {
             let published = counter(&mut r, "broker_published", "AMQP messages (batches) published");
             let consumed = counter(&mut r, "broker_consumed", "AMQP messages (batches) consumed");
+            let duplicates =
+                counter(&mut r, "broker_duplicates", "Batches the broker delivered again, recognised and dropped");
             let frames_per_message = Histogram::counts();
             r.register("broker_frames_per_message", "Chat frames per AMQP message", frames_per_message.clone());
             let confirm_latency = Histogram::latency();
@@ -224,7 +228,15 @@ impl Metrics {
             );
             let reconnects =
                 Labelled::register(&mut r, "broker_reconnects", "Broker connections re-established", "link", LINKS);
-            BrokerMetrics { published, consumed, frames_per_message, confirm_latency, buffered_bytes, reconnects }
+            BrokerMetrics {
+                published,
+                consumed,
+                duplicates,
+                frames_per_message,
+                confirm_latency,
+                buffered_bytes,
+                reconnects,
+            }
         };
         let presence = {
             let ops =

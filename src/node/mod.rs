@@ -103,7 +103,7 @@ impl Backends {
             persistent: c.persistent,
             prefetch: c.prefetch,
             buffer_bytes: c.broker_buffer_bytes,
-            buffer_for: c.broker_buffer,
+            heartbeat: c.amqp_heartbeat,
             metrics: metrics.clone(),
         })?;
         Ok(Backends { presence: Arc::new(presence), broker: Arc::new(broker), incarnation, metrics })
@@ -199,11 +199,17 @@ impl Node {
             let c = &config.cluster;
             Dispatch::new(
                 &config.node_id,
+                backends.incarnation,
                 backends.presence.clone(),
                 backends.broker.clone(),
                 config.workers,
                 DISPATCH_QUEUE,
-                Limits { batch_bytes: c.batch_bytes, batch_frames: c.batch_frames, pacing: c.publish_pacing },
+                Limits {
+                    batch_bytes: c.batch_bytes,
+                    batch_frames: c.batch_frames,
+                    pacing: c.publish_pacing,
+                    outage: c.broker_buffer,
+                },
                 metrics.clone(),
             )
         });

@@ -57,7 +57,7 @@ pub(super) async fn run(shared: Arc<Shared>, inbox: Inbox) {
 /// One consumer connection's life. `Ok(false)`: the connection ended.
 async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Result<bool> {
     let cfg = &shared.cfg;
-    let conn = connect(&cfg.url, &format!("chatgate {} consume", cfg.node)).await?;
+    let conn = connect(cfg, "consume").await?;
     let ch = conn.create_channel().await?;
     declare_exchange(&ch, cfg).await?;
     let queue = cfg.queue(&cfg.node);
@@ -138,7 +138,7 @@ async fn ack(acker: &lapin::Acker) -> lapin::Result<()> {
 async fn delete_own_queue(shared: &Shared) {
     let cfg = &shared.cfg;
     let res = async {
-        let conn = connect(&cfg.url, &format!("chatgate {} cleanup", cfg.node)).await?;
+        let conn = connect(cfg, "cleanup").await?;
         let ch = conn.create_channel().await?;
         ch.queue_delete(cfg.queue(&cfg.node).as_str().into(), QueueDeleteOptions::default()).await?;
         conn.close(200, "bye".into()).await

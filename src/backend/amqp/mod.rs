@@ -23,7 +23,7 @@ mod publisher;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use lapin::options::ExchangeDeclareOptions;
@@ -31,6 +31,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{BackendError, BoxFuture, Broker, Inbox};
 use crate::tasks::Tasks;
@@ -53,8 +54,9 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     /// Bytes of batches held while the broker is unreachable.
     pub buffer_bytes: usize,
-    /// How long a batch may wait for the broker before its messages fail.
-    pub buffer_for: Duration,
+    /// AMQP heartbeat in seconds (0: off) unless the URL sets one: a broker that stops
+    /// answering (hung, partitioned) is detected within two heartbeats.
+    pub heartbeat: u16,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -71,7 +73,7 @@ impl AmqpConfig {
 pub type Routed = bool;
 
 pub(super) enum Request {
-    Publish { node: String, batch: Bytes, at: Instant, done: oneshot::Sender<Result<Routed, BackendError>> },
+    Publish { node: String, batch: Bytes, deadline: Instant, done: oneshot::Sender<Result<Routed, BackendError>> },
     DeleteQueue { node: String, done: oneshot::Sender<()> },
     Close { done: oneshot::Sender<()> },
 }
@@ -119,9 +121,9 @@ impl AmqpBroker {
 }
 
 impl Broker for AmqpBroker {
-    fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<Routed, BackendError>> {
+    fn publish(&self, node: &str, batch: Bytes, deadline: Instant) -> BoxFuture<'static, Result<Routed, BackendError>> {
         let (done, rx) = oneshot::channel();
-        let req = Request::Publish { node: node.to_owned(), batch, at: Instant::now(), done };
+        let req = Request::Publish { node: node.to_owned(), batch, deadline, done };
         if self.requests.try_send(req).is_err() {
             return Box::pin(std::future::ready(Err(BackendError::broker("publish queue full"))));
         }
@@ -181,9 +183,16 @@ impl Broker for AmqpBroker {
 }
 
 /// Connects with a bounded wait: a half-up broker must not stall the reconnect loops.
-pub(super) async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+pub(super) async fn connect(cfg: &AmqpConfig, role: &str) -> lapin::Result<Connection> {
+    let name = format!("chatgate {} {role}", cfg.node);
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(Duration::from_secs(5), Connection::connect(url, props)).await {
+    let mut uri: lapin::uri::AMQPUri = cfg.url.parse().map_err(|e: String| {
+        lapin::Error::from(lapin::ErrorKind::IOError(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into()))
+    })?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(cfg.heartbeat);
+    }
+    match tokio::time::timeout(Duration::from_secs(5), Connection::connect_uri(uri, props)).await {
         Ok(res) => res,
         Err(_) => Err(lapin::ErrorKind::IOError(std::io::Error::from(std::io::ErrorKind::TimedOut).into()).into()),
     }

@@ -14,8 +14,17 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, trace, warn};
 
 use super::{Request, Shared, connect, declare_exchange};
+use tokio::time::Instant;
+
 use crate::backend::{BackendError, BoxFuture, chain, retry};
 use crate::metrics::Link;
+
+/// A broker that has not confirmed anything for this long, with publishes outstanding, or
+/// that does not take a publish for this long, is hung: not ready; the channel is given up.
+const STALL: Duration = Duration::from_secs(2);
+
+/// A confirm may arrive this long after its batch's deadline and still count.
+pub(super) const CONFIRM_GRACE: Duration = Duration::from_millis(500);
 
 pub(super) struct Publisher {
     shared: Arc<Shared>,
@@ -80,7 +89,7 @@ impl Publisher {
 
     async fn connect(&self) -> lapin::Result<(Connection, Channel)> {
         let cfg = &self.shared.cfg;
-        let conn = connect(&cfg.url, &format!("chatgate {} publish", cfg.node)).await?;
+        let conn = connect(cfg, "publish").await?;
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         declare_exchange(&ch, cfg).await?;
@@ -123,19 +132,22 @@ impl Publisher {
         }
     }
 
-    /// Fails buffered batches older than the buffer age.
+    /// Fails buffered batches whose deadline has passed.
     fn expire(&mut self) {
-        let max_age = self.shared.cfg.buffer_for;
-        while let Some(Request::Publish { at, .. }) = self.buffer.front() {
-            if at.elapsed() < max_age {
-                break;
-            }
-            if let Some(Request::Publish { batch, done, .. }) = self.buffer.pop_front() {
-                self.buffered_bytes -= batch.len();
-                self.gauge();
-                let _ = done.send(Err(BackendError::broker("unreachable for longer than the outage buffer holds")));
+        let now = Instant::now();
+        if !self.buffer.iter().any(|r| matches!(r, Request::Publish { deadline, .. } if *deadline <= now)) {
+            return;
+        }
+        for req in std::mem::take(&mut self.buffer) {
+            match req {
+                Request::Publish { batch, done, deadline, .. } if deadline <= now => {
+                    self.buffered_bytes -= batch.len();
+                    let _ = done.send(Err(BackendError::broker("unreachable for longer than the outage bound")));
+                }
+                req => self.buffer.push_back(req),
             }
         }
+        self.gauge();
     }
 
     /// Publishes until the connection fails (`false`) or a `Close` is served (`true`).
@@ -154,6 +166,9 @@ impl Publisher {
             }
         }
         let mut check = tokio::time::interval(Duration::from_millis(250));
+        // When a confirm last arrived (or the channel opened): a broker that takes publishes
+        // but confirms nothing for `STALL` is hung, and the node says so in `/readyz`.
+        let mut last_confirm = Instant::now();
         loop {
             tokio::select! {
                 req = rx.recv() => {
@@ -166,15 +181,25 @@ impl Publisher {
                         let _ = done.send(());
                         return true;
                     }
+                    if inflight.is_empty() {
+                        last_confirm = Instant::now();
+                    }
                     if let Err(req) = self.send(ch, req, &mut inflight).await {
                         self.hold_front(req);
                         return false;
                     }
                 }
-                Some(()) = inflight.next() => {}
+                Some(()) = inflight.next() => {
+                    last_confirm = Instant::now();
+                    self.shared.publisher_up.store(true, Ordering::Relaxed);
+                }
                 _ = check.tick() => {
                     if !ch.status().connected() {
                         return false;
+                    }
+                    let stalled = !inflight.is_empty() && last_confirm.elapsed() > STALL;
+                    if stalled && self.shared.publisher_up.swap(false, Ordering::Relaxed) {
+                        warn!(unconfirmed = inflight.len(), "RabbitMQ confirms nothing; not ready until it does");
                     }
                 }
             }
@@ -193,29 +218,38 @@ impl Publisher {
     async fn send(&mut self, ch: &Channel, req: Request, inflight: &mut Inflight) -> Result<(), Request> {
         let cfg = &self.shared.cfg;
         match req {
-            Request::Publish { node, batch, at, done } => {
+            Request::Publish { node, batch, deadline, done } => {
+                if deadline <= Instant::now() {
+                    let _ = done.send(Err(BackendError::broker("unreachable for longer than the outage bound")));
+                    return Ok(());
+                }
                 trace!(%node, bytes = batch.len(), "basic.publish");
                 let mut properties = BasicProperties::default();
                 if cfg.persistent {
                     properties = properties.with_delivery_mode(2);
                 }
                 let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-                match ch.basic_publish(cfg.exchange().into(), node.as_str().into(), opts, &batch, properties).await {
-                    Ok(confirm) => {
+                let publish = ch.basic_publish(cfg.exchange().into(), node.as_str().into(), opts, &batch, properties);
+                // A hung broker can stop taking frames: give up on the channel, reconnect.
+                match tokio::time::timeout(STALL, publish).await {
+                    Ok(Ok(confirm)) => {
                         inflight.push(Box::pin(async move {
-                            let confirmation = confirm.await;
+                            // Past the deadline (plus a grace for a confirm on its way) the
+                            // answer is `unavailable`; the batch may still have been delivered.
+                            let confirmation = tokio::time::timeout_at(deadline + CONFIRM_GRACE, confirm).await;
                             trace!(?confirmation, "publisher confirm");
                             let res = match confirmation {
-                                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(true),
-                                Ok(Confirmation::Ack(Some(_))) => Ok(false),
-                                Ok(Confirmation::Nack(_)) => Err(BackendError::broker("refused the batch")),
-                                Err(e) => Err(e.into()),
+                                Ok(Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested)) => Ok(true),
+                                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(false),
+                                Ok(Ok(Confirmation::Nack(_))) => Err(BackendError::broker("refused the batch")),
+                                Ok(Err(e)) => Err(e.into()),
+                                Err(_) => Err(BackendError::broker("no confirm within the outage bound")),
                             };
                             let _ = done.send(res);
                         }));
                         Ok(())
                     }
-                    Err(_) => Err(Request::Publish { node, batch, at, done }),
+                    Ok(Err(_)) | Err(_) => Err(Request::Publish { node, batch, deadline, done }),
                 }
             }
             Request::DeleteQueue { node, done } => {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::backend::{BackendError, BoxFuture, Broker, Inbox};
 use crate::tasks::Tasks;
@@ -91,7 +92,7 @@ impl Broker for MemoryBroker {
         });
     }
 
-    fn publish(&self, node: &str, batch: Bytes) -> BoxFuture<'static, Result<bool, BackendError>> {
+    fn publish(&self, node: &str, batch: Bytes, _deadline: Instant) -> BoxFuture<'static, Result<bool, BackendError>> {
         let res = match &self.network {
             None => Ok(false),
             Some(net) if net.down.load(Ordering::Relaxed) => Err(BackendError::broker("network down")),
@@ -140,20 +141,20 @@ mod tests {
         let sink = got.clone();
         b.start(Arc::new(move |batch| sink.lock().push(batch)), &tasks);
         for i in 0..10u8 {
-            assert!(a.publish("b", Bytes::from(vec![i])).await.unwrap());
+            assert!(a.publish("b", Bytes::from(vec![i]), Instant::now()).await.unwrap());
         }
-        assert!(!a.publish("nobody", Bytes::new()).await.unwrap(), "no queue: not routed");
+        assert!(!a.publish("nobody", Bytes::new(), Instant::now()).await.unwrap(), "no queue: not routed");
         while got.lock().len() < 10 {
             tokio::task::yield_now().await;
         }
         assert_eq!(*got.lock(), (0..10u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>());
         assert_eq!(net.published(), 10);
         net.set_down(true);
-        assert!(a.publish("b", Bytes::new()).await.is_err());
+        assert!(a.publish("b", Bytes::new(), Instant::now()).await.is_err());
         assert!(!a.is_healthy());
         net.set_down(false);
         b.close().await;
-        assert!(!a.publish("b", Bytes::new()).await.unwrap(), "b's queue is gone");
+        assert!(!a.publish("b", Bytes::new(), Instant::now()).await.unwrap(), "b's queue is gone");
         tasks.stop();
         tasks.wait().await;
     }
@@ -162,6 +163,6 @@ mod tests {
     async fn solo_reaches_nobody() {
         let solo = MemoryBroker::solo();
         assert!(solo.is_solo());
-        assert!(!solo.publish("x", Bytes::new()).await.unwrap());
+        assert!(!solo.publish("x", Bytes::new(), Instant::now()).await.unwrap());
     }
 }

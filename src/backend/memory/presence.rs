@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{MemoryCluster, PerNode, bump_node};
-use crate::backend::{BackendError, BoxFuture, Maintenance, NodeInfo, Presence, Target, sort_users};
+use crate::backend::{BackendError, BoxFuture, Located, Maintenance, NodeInfo, Presence, Target, sort_users};
 
 /// This node's view of a [`MemoryCluster`].
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ impl Presence for MemoryPresence {
         Self::now(users)
     }
 
-    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>> {
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Located, BackendError>> {
         let st = self.cluster.state.lock();
         let nodes = |m: Option<&PerNode>| m.map(|m| m.iter().map(|(n, _)| n.to_string()).collect()).unwrap_or_default();
         let found = targets
@@ -96,7 +96,7 @@ impl Presence for MemoryPresence {
                 Target::Group(g) => nodes(st.group_nodes.get(&**g)),
             })
             .collect();
-        Self::now(found)
+        Self::now(Located { nodes: found, settled: true })
     }
 
     fn is_healthy(&self) -> bool {
@@ -197,8 +197,11 @@ mod tests {
         assert_eq!(connect_anon(&b).await, "2");
         b.connect("1").await.unwrap();
         b.join("2", "g").await.unwrap();
-        let found =
-            a.locate(&[Target::User("1".into()), Target::Group("g".into()), Target::User("9".into())]).await.unwrap();
+        let found = a
+            .locate(&[Target::User("1".into()), Target::Group("g".into()), Target::User("9".into())])
+            .await
+            .unwrap()
+            .nodes;
         let mut users = found[0].clone();
         users.sort();
         assert_eq!(users, ["a", "b"]);

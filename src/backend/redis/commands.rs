@@ -41,6 +41,11 @@ impl Commands {
         format!("{}{kind}:{name}", self.prefix)
     }
 
+    /// A key of the cluster as a whole (`nodes`, `epoch`, `recovering`).
+    pub(super) fn key_of(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
     /// `EVALSHA` of `script` with the common key and arguments.
     pub(super) fn eval(&self, script: &scripts::Lua) -> Cmd {
         let mut c = redis::cmd("EVALSHA");

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use commands::{Commands, Write};
 use writer::{Op, WriteOp, Writer};
 
-use super::{BackendError, BoxFuture, Maintenance, NodeInfo, Presence, Target, retry, sort_users};
+use super::{BackendError, BoxFuture, Located, Maintenance, NodeInfo, Presence, Target, retry, sort_users};
 use crate::metrics::{Metrics, PresenceOp};
 use crate::tasks::Tasks;
 
@@ -194,8 +194,13 @@ impl Presence for RedisPresence {
         })
     }
 
-    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Vec<Vec<String>>, BackendError>> {
+    fn locate<'a>(&'a self, targets: &'a [Target]) -> BoxFuture<'a, Result<Located, BackendError>> {
+        let keys = &self.shared.keys;
         let mut pipe = redis::pipe();
+        // Whether the store is whole: its epoch marker exists (a restarted, empty Redis has
+        // none) and no node is re-registering after data loss.
+        pipe.cmd("EXISTS").arg(keys.key_of("epoch"));
+        pipe.cmd("EXISTS").arg(keys.key_of("recovering"));
         for t in targets {
             let key = match t {
                 Target::User(u) => self.shared.keys.key("u", u),
@@ -205,9 +210,16 @@ impl Presence for RedisPresence {
         }
         Box::pin(async move {
             if targets.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Located { nodes: Vec::new(), settled: true });
             }
-            self.read(PresenceOp::Locate, pipe).await
+            let mut replies: Vec<redis::Value> = self.read(PresenceOp::Locate, pipe).await?;
+            if replies.len() != targets.len() + 2 {
+                return Err(BackendError::presence("routing lookup answered wrongly"));
+            }
+            let nodes = replies.split_off(2).into_iter().map(commands::parse).collect::<Result<_, _>>()?;
+            let epoch: bool = commands::parse(replies[0].clone())?;
+            let recovering: bool = commands::parse(replies[1].clone())?;
+            Ok(Located { nodes, settled: epoch && !recovering })
         })
     }
 

@@ -19,7 +19,9 @@
 //! | `P lease:<node>` | string | the node's incarnation; expires after `CHAT_NODE_TTL_MS` |
 //! | `P nodes` | set | nodes that may hold presence (the sweeper's list) |
 //! | `P sweep:<node>` | string | lock taken by the node sweeping a dead one |
-//! | `P recovering` | string | set for one lease after a node found its lease gone (Redis lost its data): no new anonymous ids until every live node has re-registered its users |
+//! | `P epoch` | string | set by the first heartbeat on a store; missing means the store lost its data (or was never used): lookups are not trusted to say `offline`, no new anonymous ids |
+//! | `P recovering` | string | set for one lease after a node found its lease or the epoch gone (Redis lost its data): no new anonymous ids, and lookups that find a user nowhere answer `unavailable`, until every live node has re-registered its users |
+//! | `P info:<node>` | hash | what the node last reported about itself (`GET /api/nodes`) |
 //!
 //! Names cannot contain spaces, so `"<group> <user>"` splits unambiguously.
 
@@ -81,7 +83,7 @@ macro_rules! script {
 script!(
     ALLOCATE,
     r#"
-if redis.call('EXISTS', P .. 'recovering') == 1 then
+if redis.call('EXISTS', P .. 'recovering') == 1 or redis.call('EXISTS', P .. 'epoch') == 0 then
   return redis.error_reply('RECOVERING presence is being rebuilt after a store restart')
 end
 local ids = P .. 'ids'
@@ -173,6 +175,9 @@ local lk = P .. 'lease:' .. node
 local cur = redis.call('GET', lk)
 redis.call('SET', lk, ARGV[3], 'PX', ARGV[4])
 redis.call('SADD', P .. 'nodes', node)
+-- The epoch marks a store that has not lost its data since the cluster first used it.
+local lost = redis.call('SET', P .. 'epoch', ARGV[3], 'NX') and ARGV[5] == '1'
+if lost then redis.call('SET', P .. 'recovering', node, 'NX', 'PX', ARGV[4]) end
 if cur == ARGV[3] then return 1 end
 if ARGV[5] == '1' then redis.call('SET', P .. 'recovering', node, 'NX', 'PX', ARGV[4]) end
 return 0
