@@ -53,7 +53,7 @@ impl AckTo<'_> {
 
     /// An owned [`Ack`], for a message that waits for the broker.
     pub fn to_owned(self) -> Ack {
-        Ack::Conn { conn: self.conn.clone(), id: self.id.map(Into::into), mid: self.mid }
+        Ack::Conn { conn: Unacked::new(self.conn), id: self.id.map(Into::into), mid: self.mid }
     }
 }
 
@@ -63,7 +63,7 @@ pub enum Ack {
     /// Presence events: nobody.
     None,
     /// A client's message: an `ack` (or `unavailable` error) frame on its connection.
-    Conn { conn: Arc<Conn>, id: Option<Box<str>>, mid: MessageId },
+    Conn { conn: Unacked, id: Option<Box<str>>, mid: MessageId },
     /// `POST /api/publish`.
     Reply(oneshot::Sender<Result<AckStatus, BackendError>>),
 }
@@ -79,9 +79,27 @@ impl Ack {
             }
             Ack::Conn { conn, id, mid } => {
                 record(&res, read_at, metrics);
-                answer_conn(&conn, id.as_deref(), &mid, res, metrics);
+                answer_conn(&conn.0, id.as_deref(), &mid, res, metrics);
             }
         }
+    }
+}
+
+/// A connection's message counted in flight until its answer is queued (or it is dropped
+/// unanswered, at shutdown).
+#[derive(Debug)]
+pub struct Unacked(Arc<Conn>);
+
+impl Unacked {
+    fn new(conn: &Arc<Conn>) -> Self {
+        conn.add_unacked();
+        Unacked(conn.clone())
+    }
+}
+
+impl Drop for Unacked {
+    fn drop(&mut self) {
+        self.0.settle_unacked();
     }
 }
 

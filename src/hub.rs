@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 
 use crate::outbox::Outbox;
 use crate::protocol::Target;
@@ -28,11 +29,55 @@ pub struct Conn {
     /// When the client last sent anything (ms on the node's clock); the heartbeat sweep
     /// closes connections silent for two intervals.
     last_seen: AtomicU64,
+    /// Messages of this connection on their way to other nodes, not yet answered (see
+    /// [`crate::delivery::Unacked`]): the session waits at a bound, so acks arriving in a
+    /// burst never overflow its own outbox.
+    unacked: AtomicU32,
+    /// Set while the session waits for `unacked` to drop.
+    waiting: AtomicBool,
+    settled: Notify,
 }
 
 impl Conn {
     pub fn new(id: u64, user: Arc<str>, outbox: Outbox) -> Conn {
-        Conn { id, user, outbox, last_seen: AtomicU64::new(0) }
+        Conn {
+            id,
+            user,
+            outbox,
+            last_seen: AtomicU64::new(0),
+            unacked: AtomicU32::new(0),
+            waiting: AtomicBool::new(false),
+            settled: Notify::new(),
+        }
+    }
+
+    /// Messages in flight to other nodes.
+    pub fn unacked(&self) -> u32 {
+        self.unacked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn add_unacked(&self) {
+        self.unacked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn settle_unacked(&self) {
+        self.unacked.fetch_sub(1, Ordering::AcqRel);
+        if self.waiting.load(Ordering::Acquire) {
+            self.settled.notify_one();
+        }
+    }
+
+    /// Waits until fewer than `limit` messages are in flight.
+    pub async fn unacked_below(&self, limit: u32) {
+        while self.unacked() >= limit {
+            let settled = self.settled.notified();
+            self.waiting.store(true, Ordering::Release);
+            if self.unacked() < limit {
+                break;
+            }
+            settled.await;
+        }
+        self.waiting.store(false, Ordering::Release);
     }
 
     /// Records activity at `now_ms`.

@@ -22,6 +22,13 @@ use crate::metrics::Metrics;
 use crate::protocol::{AckStatus, encode};
 use crate::tasks::Tasks;
 
+/// A message waiting for room on its way to other nodes (see [`Router::send`]).
+#[derive(Debug)]
+pub struct Waiting {
+    key: u64,
+    job: Box<Job>,
+}
+
 /// Routes frames to their recipients, here and on other nodes.
 #[derive(Debug)]
 pub struct Router {
@@ -60,26 +67,36 @@ impl Router {
     }
 
     /// Routes a client's message and, once routed, queues its `ack` on the sender's
-    /// connection. A group message skips the sending connection.
-    pub fn send(&self, to: Target<&str>, frame: &Bytes, ack: AckTo<'_>) {
+    /// connection. A group message skips the sending connection. `Some` when the way to
+    /// other nodes is full: the session must [`wait`](Self::wait) with it before reading on.
+    #[must_use]
+    pub fn send(&self, to: Target<&str>, frame: &Bytes, ack: AckTo<'_>) -> Option<Waiting> {
         let exclude = to.is_group().then_some(ack.conn.id);
         let delivered = self.deliver(to, frame, exclude);
         // The sender of a group message is a member: the group has a live connection.
         let undelivered = if to.is_group() { AckStatus::Sent } else { AckStatus::Offline };
-        match &self.remote {
-            None => ack.answer(decide(delivered, undelivered, None), &self.metrics),
-            // One shard per sender connection keeps its messages in order.
-            Some(remote) => remote.submit(
-                ack.conn.id,
-                Job {
-                    target: to.to_owned(),
-                    frame: frame.clone(),
-                    ack: ack.to_owned(),
-                    delivered,
-                    undelivered,
-                    read_at: ack.read_at,
-                },
-            ),
+        let Some(remote) = &self.remote else {
+            ack.answer(decide(delivered, undelivered, None), &self.metrics);
+            return None;
+        };
+        let job = Job {
+            target: to.to_owned(),
+            frame: frame.clone(),
+            ack: ack.to_owned(),
+            delivered,
+            undelivered,
+            read_at: ack.read_at,
+        };
+        // One shard per sender connection keeps its messages in order.
+        let key = ack.conn.id;
+        remote.try_submit(key, job).err().map(|job| Waiting { key, job })
+    }
+
+    /// Queues a message [`send`](Self::send) could not, waiting for room.
+    pub async fn wait(&self, waiting: Waiting) {
+        self.metrics.backpressure_pauses.inc();
+        if let Some(remote) = &self.remote {
+            remote.submit(waiting.key, *waiting.job).await;
         }
     }
 
@@ -101,12 +118,12 @@ impl Router {
             undelivered: AckStatus::Offline,
             read_at,
         };
-        remote.submit(fastrand::u64(..), job);
+        remote.submit(fastrand::u64(..), job).await;
         rx.await.unwrap_or_else(|_| Err(BackendError::broker("router stopped")))
     }
 
     /// Tells `group`'s members, on every node, that `user` joined or left it.
-    pub fn presence(&self, group: &str, user: &str, join: bool) {
+    pub async fn presence(&self, group: &str, user: &str, join: bool) {
         let frame = encode::presence(group, user, join);
         self.deliver(Target::Group(group), &frame, None);
         if let Some(remote) = &self.remote {
@@ -119,7 +136,7 @@ impl Router {
                 read_at: Instant::now(),
             };
             // Events of one group share a shard, so a join is never overtaken by its leave.
-            remote.submit(self.hasher.hash_one(group), job);
+            remote.submit(self.hasher.hash_one(group), job).await;
         }
     }
 }

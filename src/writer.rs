@@ -40,8 +40,9 @@ pub enum Finish {
 }
 
 /// Runs until the connection's output ends. Never panics on I/O; failures mark the outbox
-/// dead, which wakes the session.
-pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) -> Finish {
+/// dead, which wakes the session. A client whose socket takes nothing for `slow_after`
+/// while its outbox is full is a slow consumer ([`crate::outbox::Outbox::stalled`]).
+pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) -> Finish {
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     // Set once the connection is closing: the end of its linger.
     let mut deadline: Option<Instant> = None;
@@ -74,12 +75,20 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf) -> Finish {
         }
         tokio::select! {
             biased;
-            res = write_some(&mut wr, &mut batch) => {
-                if res.is_err() {
+            res = write_some(&mut wr, &mut batch, slow_after) => match res {
+                Ok(Wrote::Some) => {}
+                // The socket took nothing for `slow_after`: a client with a full outbox is
+                // not keeping up; one with little queued may take its time.
+                Ok(Wrote::Waited) => {
+                    if conn.outbox.stalled() {
+                        return slow_consumer(&conn, &mut wr, &mut batch).await;
+                    }
+                }
+                Err(_) => {
                     conn.outbox.mark_dead();
                     return Finish::Dead;
                 }
-            }
+            },
             // Frames arriving while a write is pending only need a wake-up if they changed
             // the phase; otherwise the next `take` collects them.
             () = conn.outbox.writer_wakeup() => match conn.outbox.phase() {
@@ -104,7 +113,7 @@ async fn slow_consumer(conn: &Conn, wr: &mut OwnedWriteHalf, batch: &mut VecDequ
     batch.push_back(ws::close_frame(ws::close::TRY_AGAIN_LATER, "slow consumer"));
     let flush = async {
         while !batch.is_empty() {
-            write_some(wr, batch).await?;
+            write_some(wr, batch, CLOSE_LINGER).await?;
         }
         wr.shutdown().await
     };
@@ -130,26 +139,50 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// What one [`write_some`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Bytes went out.
+    Some,
+    /// The socket refused everything for the whole patience.
+    Waited,
+}
+
 /// One write of the front of `batch` (vectored when more than one frame is queued);
-/// consumes what was written.
-async fn write_some(wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> std::io::Result<()> {
-    let n = std::future::poll_fn(|cx| {
-        let wr = std::pin::Pin::new(&mut *wr);
+/// consumes what was written. Waits at most `patience` for the socket to take something: the
+/// timer is only armed once the socket refuses, so a writable socket costs no timer.
+async fn write_some(
+    wr: &mut OwnedWriteHalf,
+    batch: &mut VecDeque<Bytes>,
+    patience: Duration,
+) -> std::io::Result<Wrote> {
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let wrote = std::future::poll_fn(|cx| {
+        let pinned = std::pin::Pin::new(&mut *wr);
         let res = match batch.len() {
-            0 => return Poll::Ready(Ok(0)),
+            0 => return Poll::Ready(Some(Ok(0))),
             // The common case at low rates: skip building an iovec array.
-            1 => wr.poll_write(cx, &batch[0]),
-            n @ 2..=8 => wr.poll_write_vectored(cx, &iovecs::<8>(batch)[..n]),
-            n => wr.poll_write_vectored(cx, &iovecs::<IOV_BATCH>(batch)[..n.min(IOV_BATCH)]),
+            1 => pinned.poll_write(cx, &batch[0]),
+            n @ 2..=8 => pinned.poll_write_vectored(cx, &iovecs::<8>(batch)[..n]),
+            n => pinned.poll_write_vectored(cx, &iovecs::<IOV_BATCH>(batch)[..n.min(IOV_BATCH)]),
         };
         match res {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            other => other,
+            Poll::Ready(Ok(0)) => Poll::Ready(Some(Err(std::io::ErrorKind::WriteZero.into()))),
+            Poll::Ready(res) => Poll::Ready(Some(res)),
+            Poll::Pending => {
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(patience)));
+                timer.as_mut().poll(cx).map(|()| None)
+            }
         }
     })
-    .await?;
-    advance(batch, n);
-    Ok(())
+    .await;
+    match wrote {
+        Some(n) => {
+            advance(batch, n?);
+            Ok(Wrote::Some)
+        }
+        None => Ok(Wrote::Waited),
+    }
 }
 
 /// Up to `N` frames from the front of `batch`, as an iovec array (unused slots empty).

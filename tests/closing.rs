@@ -104,8 +104,10 @@ async fn a_client_that_stops_reading_is_reset_and_its_slot_freed() {
     .await;
     // Fill the stuck client's socket: large messages, until its window is shut and the
     // kernel holds what it may (the outbox stays under its bound: 1 MiB by default).
+    // 20 × 16 KiB: less than half the outbox bound (1 MiB), so the client is not a slow
+    // consumer; the heartbeat's close is what cannot be delivered.
     let payload = "z".repeat(16 << 10);
-    for _ in 0..40 {
+    for _ in 0..20 {
         sender.send(json!({"type":"group","to":"big","content":payload})).await;
         // The sender keeps talking, so only the stuck client goes silent.
         assert_eq!(sender.recv_type("ack").await["status"], "sent");

@@ -66,7 +66,7 @@ where
     eventually("traffic flows", || async { traffic.delivered() >= 50 }).await;
     let (c, traffic, rabbit) = fault(c, traffic, rabbit).await;
     let (n0, n1) = (c.nodes[0].addr, c.nodes[1].addr);
-    eventually("both nodes ready again", || async {
+    eventually_within("both nodes ready again", Duration::from_secs(60), || async {
         http(n0, "GET", "/readyz", &[], "").await.status == 200
             && http(n1, "GET", "/readyz", &[], "").await.status == 200
     })
@@ -141,7 +141,7 @@ async fn redis_killed_and_restarted_empty() {
     let into = traffic.sent() + u64::from(RATE);
     eventually("traffic sent into the outage", || async { traffic.sent() >= into }).await;
     redis.restart().await;
-    eventually("both nodes ready again", || async {
+    eventually_within("both nodes ready again", Duration::from_secs(60), || async {
         http(n0, "GET", "/readyz", &[], "").await.status == 200
             && http(n1, "GET", "/readyz", &[], "").await.status == 200
     })

@@ -186,7 +186,9 @@ async fn private_servers_pause_kill_and_restart_as_documented() {
     rabbit.restart().await;
     let conn = Connection::connect(&rabbit.amqp_url(), ConnectionProperties::default()).await.unwrap();
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    eventually("the durable queue is recovered", || async {
+    // RabbitMQ recovers queues after it takes connections; on a loaded machine that can be
+    // seconds later.
+    eventually_within("the durable queue is recovered", Duration::from_secs(60), || async {
         // A failed passive declare closes its channel: one channel per try.
         let ch = conn.create_channel().await.unwrap();
         ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok()

@@ -195,7 +195,31 @@ pub struct Maintenance {
 }
 
 /// Where a node's consumer hands each batch it receives, in order.
-pub type Inbox = Arc<dyn Fn(Bytes) + Send + Sync>;
+#[derive(Clone)]
+pub struct Inbox {
+    deliver: Arc<dyn Fn(Bytes) + Send + Sync>,
+    /// While this node's outboxes lag behind their writers, the consumer takes no more
+    /// batches: they wait in the broker (the consumer's prefetch bounds what it holds).
+    congestion: Arc<crate::outbox::Congestion>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    pub fn new(congestion: Arc<crate::outbox::Congestion>, deliver: impl Fn(Bytes) + Send + Sync + 'static) -> Self {
+        Inbox { deliver: Arc::new(deliver), congestion }
+    }
+
+    /// Delivers one batch, once the node can take it.
+    pub async fn deliver(&self, batch: Bytes) {
+        self.congestion.cleared().await;
+        (self.deliver)(batch)
+    }
+}
 
 /// Moves batches between nodes. A batch is opaque bytes (see `dispatch::batch`).
 pub trait Broker: Send + Sync + 'static {

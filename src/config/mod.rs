@@ -51,12 +51,15 @@ pub struct Config {
     /// Close with 1008 once a connection has been rate limited this long without a break.
     #[arg(long = "rate-limit-close-ms", env = "CHAT_RATE_LIMIT_CLOSE_MS", value_name = "CHAT_RATE_LIMIT_CLOSE_MS", default_value = "10000", value_parser = millis(1, 86_400_000))]
     pub rate_limit_close: Duration,
-    /// Frames queued for one connection before it is closed 1013 as a slow consumer.
+    /// Frames queued for one connection. Past half of it the node's senders wait (fan-in control); a client that takes nothing meanwhile is closed 1013 as a slow consumer; twice it is never exceeded.
     #[arg(long, env = "CHAT_OUTBOX_FRAMES", value_name = "CHAT_OUTBOX_FRAMES", default_value = "1024", value_parser = ranged::<usize>(8, 1 << 24))]
     pub outbox_frames: usize,
-    /// Bytes queued for one connection, same rule.
+    /// Bytes queued for one connection, same rules.
     #[arg(long, env = "CHAT_OUTBOX_BYTES", value_name = "CHAT_OUTBOX_BYTES", default_value = "1048576", value_parser = ranged::<usize>(1024, 1 << 32))]
     pub outbox_bytes: usize,
+    /// A client whose socket takes nothing for this long while its outbox is past half a bound is a slow consumer (1013). Until then a full outbox holds the node's senders back (fan-in control).
+    #[arg(long = "slow-consumer-ms", env = "CHAT_SLOW_CONSUMER_MS", value_name = "CHAT_SLOW_CONSUMER_MS", default_value = "1000", value_parser = millis(10, 600_000))]
+    pub slow_consumer: Duration,
     /// Server ping interval; two silent intervals close the connection (4000).
     #[arg(long = "heartbeat-ms", env = "CHAT_HEARTBEAT_MS", value_name = "CHAT_HEARTBEAT_MS", default_value = "25000", value_parser = millis(10, 3_600_000))]
     pub heartbeat: Duration,

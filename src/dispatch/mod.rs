@@ -72,6 +72,8 @@ struct Ctx {
     presence: Arc<dyn Presence>,
     broker: Arc<dyn Broker>,
     limits: Limits,
+    /// Jobs a shard holds (queued, and waiting in its outlets) before senders wait.
+    queue: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -113,6 +115,7 @@ impl Dispatch {
             presence,
             broker,
             limits,
+            queue,
             metrics: metrics.clone(),
         });
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards.max(1)).map(|_| mpsc::channel(queue)).unzip();
@@ -128,13 +131,33 @@ impl Dispatch {
     }
 
     /// Queues a job on the shard for `key` (the sender's connection id, or a group's hash
-    /// for presence events). If that shard is full, answers the job `unavailable` at once.
-    pub fn submit(&self, key: u64, job: Job) {
-        let shard = &self.shards[(key % self.shards.len() as u64) as usize];
-        if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) = shard.try_send(job)
-        {
-            job.ack.answer(Err(BackendError::broker("routing queue full")), job.read_at, &self.metrics);
+    /// for presence events). If that shard is full, hands the job back: the caller waits
+    /// with [`submit`](Self::submit), which is how a busy broker slows its senders down.
+    pub fn try_submit(&self, key: u64, job: Job) -> Result<(), Box<Job>> {
+        match self.shard(key).try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => Err(Box::new(job)),
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                self.stopped(job);
+                Ok(())
+            }
         }
+    }
+
+    /// Queues a job, waiting for room in its shard.
+    pub async fn submit(&self, key: u64, job: Job) {
+        if let Err(mpsc::error::SendError(job)) = self.shard(key).send(job).await {
+            self.stopped(job);
+        }
+    }
+
+    fn shard(&self, key: u64) -> &mpsc::Sender<Job> {
+        &self.shards[(key % self.shards.len() as u64) as usize]
+    }
+
+    /// The dispatcher is gone (shutdown): nothing more leaves this node.
+    fn stopped(&self, job: Job) {
+        job.ack.answer(Err(BackendError::broker("node shutting down")), job.read_at, &self.metrics);
     }
 
     /// Jobs queued in all shards, not yet taken by their dispatcher.
@@ -169,9 +192,9 @@ impl Dispatch {
 /// Where the broker's consumer hands this node's inbound batches: straight into the local
 /// outboxes, each frame a zero-copy slice of the delivery. A batch delivered before (the
 /// broker redelivers after a restart or a consumer reconnect) is dropped.
-pub fn inbox(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Inbox {
+pub fn inbox(hub: Arc<Hub>, metrics: Arc<Metrics>, congestion: Arc<crate::outbox::Congestion>) -> Inbox {
     let seen = dedup::Dedup::default();
-    Arc::new(move |batch: Bytes| {
+    Inbox::new(congestion, move |batch: Bytes| {
         metrics.broker.consumed.inc();
         let (origin, entries) = match batch::decode(&batch) {
             Ok(decoded) => decoded,

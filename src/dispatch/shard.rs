@@ -64,6 +64,9 @@ type Confirm = BoxFuture<'static, (usize, Vec<usize>, Result<bool, BackendError>
 struct Shard {
     ctx: Arc<Ctx>,
     outlets: Vec<Outlet>,
+    /// Entries waiting in all outlets: past [`Ctx::queue`] the shard stops taking jobs, so
+    /// its queue fills and the sessions feeding it wait (back-pressure, not `unavailable`).
+    pending: usize,
     outlet_of: HashMap<String, usize>,
     /// Jobs with batches in flight, by slot; `free` lists unused slots.
     waiting: Vec<Option<Waiting>>,
@@ -83,6 +86,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Job>, stopped: Wai
     let mut s = Shard {
         ctx,
         outlets: Vec::new(),
+        pending: 0,
         outlet_of: HashMap::new(),
         waiting: Vec::new(),
         free: Vec::new(),
@@ -95,9 +99,10 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Job>, stopped: Wai
     tokio::pin!(stopped);
     loop {
         let wait = last_drain.map(|t| t + pacing).filter(|&t| t > tokio::time::Instant::now());
-        let waiting = s.outlets.iter().any(|o| !o.pending.is_empty());
+        let waiting = s.pending > 0;
+        let room = s.pending < s.ctx.queue;
         tokio::select! {
-            n = rx.recv_many(&mut jobs, DRAIN), if wait.is_none() => {
+            n = rx.recv_many(&mut jobs, DRAIN), if wait.is_none() && room => {
                 if n == 0 {
                     return;
                 }
@@ -180,6 +185,7 @@ impl Shard {
                 failed: None,
             });
             for &o in &remote {
+                self.pending += 1;
                 self.outlets[o].pending.push_back(Entry {
                     target: job.target.clone(),
                     frame: job.frame.clone(),
@@ -230,6 +236,7 @@ impl Shard {
                 }
                 outlet.pending.pop_front();
             }
+            self.pending -= jobs.len();
             let oldest = oldest.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
             let deadline = oldest + limits.outage;
             outlet.inflight += 1;
@@ -292,6 +299,7 @@ impl Shard {
                     break;
                 }
                 if let Some(e) = self.outlets[o].pending.pop_front() {
+                    self.pending -= 1;
                     self.settle(e.job, &expired);
                 }
             }

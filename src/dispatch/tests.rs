@@ -111,13 +111,13 @@ async fn two_batches_in_flight_then_what_waited_leaves_as_one() {
     let mut acks = Vec::new();
     for n in 1..=2 {
         let (j, rx) = job(false);
-        s.dispatch.submit(0, j);
+        s.dispatch.submit(0, j).await;
         acks.push(rx);
         until("a batch per drain while the window has room", || s.held.count() == n).await;
     }
     for _ in 0..8 {
         let (j, rx) = job(false);
-        s.dispatch.submit(0, j);
+        s.dispatch.submit(0, j).await;
         acks.push(rx);
     }
     for _ in 0..100 {
@@ -147,7 +147,7 @@ async fn the_ack_follows_the_confirm() {
     ];
     for (i, (delivered, confirm, want)) in cases.into_iter().enumerate() {
         let (j, rx) = job(delivered);
-        s.dispatch.submit(0, j);
+        s.dispatch.submit(0, j).await;
         until("published", || s.held.count() == i + 1).await;
         s.held.confirm(i, confirm);
         match (rx.await.unwrap(), want) {
@@ -170,7 +170,7 @@ async fn nobody_elsewhere_is_settled_without_publishing() {
         undelivered: AckStatus::Offline,
         read_at: std::time::Instant::now(),
     };
-    s.dispatch.submit(0, j);
+    s.dispatch.submit(0, j).await;
     assert_eq!(rx.await.unwrap().unwrap(), AckStatus::Offline);
     s.dispatch.flush().await;
     assert_eq!(s.held.count(), 0);

@@ -154,6 +154,9 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Connections whose client never finished the close handshake within the linger.
     pub linger_timeouts: Counter,
+    /// Times a session waited before reading its client's next frame (node congested, or
+    /// its dispatcher full).
+    pub backpressure_pauses: Counter,
     /// Message read → in every local outbox or confirmed by the broker.
     pub routing_latency: Histogram,
     pub broker: BrokerMetrics,
@@ -198,6 +201,11 @@ impl Metrics {
         let slow_consumers = counter(&mut r, "slow_consumer_closes", "Connections closed 1013 as slow consumers");
         let linger_timeouts =
             counter(&mut r, "close_linger_timeouts", "Connections dropped because the client never finished the close");
+        let backpressure_pauses = counter(
+            &mut r,
+            "backpressure_pauses",
+            "Sessions that waited before reading more (outboxes behind their writers, or a full dispatcher)",
+        );
         let routing_latency = Histogram::latency();
         r.register_with_unit(
             "routing_latency",
@@ -262,6 +270,7 @@ impl Metrics {
             unavailable,
             slow_consumers,
             linger_timeouts,
+            backpressure_pauses,
             routing_latency,
             broker,
             presence,

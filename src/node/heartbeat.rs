@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::hub::Hub;
+use crate::outbox::Congestion;
 use crate::protocol::ws;
 
 /// Milliseconds since the node started: what connections stamp their activity with (an
@@ -37,7 +38,15 @@ impl Clock {
 /// One task per node instead of a timer per connection: it visits one hub shard every
 /// `interval / shards`, so each connection is seen once per interval. A connection silent
 /// for two intervals is closed (4000); the others get a WebSocket ping. Ends at `draining`.
-pub async fn run(hub: Arc<Hub>, clock: Clock, interval: Duration, draining: WaitForCancellationFutureOwned) {
+/// While the node is congested its sessions are not reading, so silence proves nothing:
+/// nobody is closed for it then.
+pub async fn run(
+    hub: Arc<Hub>,
+    clock: Clock,
+    interval: Duration,
+    congestion: Arc<Congestion>,
+    draining: WaitForCancellationFutureOwned,
+) {
     let shards = hub.shard_count().max(1);
     let mut tick = tokio::time::interval((interval / shards as u32).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -50,8 +59,9 @@ pub async fn run(hub: Arc<Hub>, clock: Clock, interval: Duration, draining: Wait
             () = &mut draining => return,
         }
         let now = clock.now_ms();
+        let judge = !congestion.is_congested();
         hub.for_each_in_shard(shard, |conn| {
-            if now.saturating_sub(conn.last_seen()) >= silent {
+            if judge && now.saturating_sub(conn.last_seen()) >= silent {
                 conn.outbox.close_with(ws::close_frame(ws::close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
             } else {
                 let _ = conn.outbox.push(ws::ping_frame());

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::dispatch::{self, Dispatch, Limits};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, ScrapeGauge};
+use crate::outbox::Congestion;
 use crate::router::Router;
 use crate::tasks::Tasks;
 
@@ -172,6 +173,8 @@ pub struct Node {
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub stats: Stats,
+    /// Fan-in control: set while outboxes lag behind their (runnable) writers.
+    pub congestion: Arc<Congestion>,
     next_conn: AtomicU64,
     connections: Arc<AtomicUsize>,
     started: AtomicBool,
@@ -215,6 +218,7 @@ impl Node {
         });
         let connections = Arc::new(AtomicUsize::new(0));
         let clock = Clock::default();
+        let congestion = Congestion::new();
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let stats = Stats {
             node: config.node_id.clone(),
@@ -222,7 +226,7 @@ impl Node {
             connections: connections.clone(),
             started: started as u64,
         };
-        register_gauges(&metrics, &hub, &connections, clock);
+        register_gauges(&metrics, &hub, &connections, clock, &congestion);
         Arc::new(Node {
             auth: crate::auth::Auth::new(config.jwt_secret.as_deref(), config.allowed_origins.clone()),
             router: Arc::new(Router::new(hub.clone(), remote, metrics.clone())),
@@ -233,6 +237,7 @@ impl Node {
             clock,
             metrics,
             stats,
+            congestion,
             next_conn: AtomicU64::new(1),
             connections,
             started: AtomicBool::new(false),
@@ -252,7 +257,8 @@ impl Node {
         }
         let tasks = &self.tasks;
         self.presence.start(tasks);
-        self.broker.start(dispatch::inbox(self.hub.clone(), self.metrics.clone()), tasks);
+        let inbox = dispatch::inbox(self.hub.clone(), self.metrics.clone(), self.congestion.clone());
+        self.broker.start(inbox, tasks);
         self.router.start(tasks);
         if let Some(period) = self.presence.upkeep_period() {
             let parts = upkeep::Parts {
@@ -264,7 +270,13 @@ impl Node {
             };
             tasks.spawn(upkeep::run(parts, period, self.draining_signal()));
         }
-        tasks.spawn(heartbeat::run(self.hub.clone(), self.clock, self.config.heartbeat, self.draining_signal()));
+        tasks.spawn(heartbeat::run(
+            self.hub.clone(),
+            self.clock,
+            self.config.heartbeat,
+            self.congestion.clone(),
+            self.draining_signal(),
+        ));
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -340,7 +352,13 @@ impl Node {
 }
 
 /// The node's gauges that are read when scraped rather than kept on the hot path.
-fn register_gauges(metrics: &Metrics, hub: &Arc<Hub>, connections: &Arc<AtomicUsize>, clock: Clock) {
+fn register_gauges(
+    metrics: &Metrics,
+    hub: &Arc<Hub>,
+    connections: &Arc<AtomicUsize>,
+    clock: Clock,
+    congestion: &Arc<Congestion>,
+) {
     let open = connections.clone();
     metrics.register_collector(Box::new(ScrapeGauge {
         name: "connections",
@@ -354,6 +372,13 @@ fn register_gauges(metrics: &Metrics, hub: &Arc<Hub>, connections: &Arc<AtomicUs
         help: "Bytes queued in client outboxes, not yet taken by their writers",
         unit: Some(prometheus_client::registry::Unit::Bytes),
         value: Box::new(move || hub.connections().iter().map(|c| c.outbox.queued_bytes()).sum::<usize>() as i64),
+    }));
+    let congested = congestion.clone();
+    metrics.register_collector(Box::new(ScrapeGauge {
+        name: "congested_outboxes",
+        help: "Outboxes past half their bound with a runnable writer: while any, sessions pause reading",
+        unit: None,
+        value: Box::new(move || congested.outboxes() as i64),
     }));
     metrics.register_collector(Box::new(ScrapeGauge {
         name: "uptime",

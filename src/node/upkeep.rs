@@ -43,7 +43,7 @@ pub async fn run(parts: Parts, period: Duration, draining: WaitForCancellationFu
         while later.front().is_some_and(|(due, _)| *due <= Instant::now()) {
             if let Some((_, left)) = later.pop_front() {
                 for (group, user) in &left {
-                    parts.router.presence(group, user, false);
+                    parts.router.presence(group, user, false).await;
                 }
             }
         }
@@ -63,7 +63,7 @@ pub async fn run(parts: Parts, period: Duration, draining: WaitForCancellationFu
             failing = false;
         }
         for (group, user) in &m.left {
-            parts.router.presence(group, user, false);
+            parts.router.presence(group, user, false).await;
         }
         if !m.left_later.is_empty() {
             later.push_back((Instant::now() + period * 3, m.left_later));

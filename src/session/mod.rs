@@ -30,6 +30,7 @@ use crate::node::{Admission, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::router::Waiting;
 use crate::writer::{CLOSE_LINGER, Finish};
 use duplex::Duplex;
 
@@ -68,7 +69,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
     let conn = Arc::new(Conn::new(
         node.next_conn_id(),
         identity.user().into(),
-        Outbox::new(cfg.outbox_frames, cfg.outbox_bytes),
+        Outbox::with_congestion(cfg.outbox_frames, cfg.outbox_bytes, node.congestion.clone()),
     ));
     conn.seen(node.clock.now_ms());
 
@@ -97,7 +98,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         // Shutdown began while this connection was being set up.
         conn.outbox.close_with(crate::node::shutdown_close());
     }
-    let writer = node.sessions.spawn(crate::writer::run(conn.clone(), wr));
+    let writer = node.sessions.spawn(crate::writer::run(conn.clone(), wr, cfg.slow_consumer));
 
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -129,6 +130,15 @@ async fn serve(mut session: Session, writer: tokio::task::JoinHandle<Finish>, _s
     Box::pin(session.finish(end, writer)).await;
 }
 
+/// How a connection ends when its outbox left `Open`.
+fn end_of(phase: Phase) -> End {
+    match phase {
+        // A close frame is queued behind what the client is owed.
+        Phase::Closing => End::Server,
+        _ => End::Output,
+    }
+}
+
 /// The metrics label of a request.
 fn frame_kind(r: &Request<'_>) -> FrameKind {
     match r {
@@ -144,6 +154,8 @@ fn frame_kind(r: &Request<'_>) -> FrameKind {
 
 /// A request that needs a presence round trip, with what its reply needs (owned).
 enum Call {
+    /// A message for other nodes whose dispatcher is full: wait for room before reading on.
+    Wait(Waiting),
     Join(Box<str>, Option<Box<str>>),
     Leave(Box<str>, Option<Box<str>>),
     Online(Option<Box<str>>),
@@ -170,7 +182,27 @@ impl Session {
         // way too (a close queued on the outbox), so an idle connection has no timer.
         let ended = conn.outbox.ended();
         tokio::pin!(ended);
+        // Messages in flight to other nodes, at most: their acks then fit in half the outbox.
+        let max_unacked = (node.config.outbox_frames / 2).max(1) as u32;
         loop {
+            if conn.unacked() >= max_unacked {
+                node.metrics.backpressure_pauses.inc();
+                tokio::select! {
+                    biased;
+                    phase = &mut ended => break end_of(phase),
+                    () = conn.unacked_below(max_unacked) => {}
+                }
+            }
+            if node.congestion.is_congested() {
+                // Fan-in control: this client's next frames wait in its own TCP buffers
+                // until the node's writers have caught up.
+                node.metrics.backpressure_pauses.inc();
+                tokio::select! {
+                    biased;
+                    phase = &mut ended => break end_of(phase),
+                    () = node.congestion.cleared() => {}
+                }
+            }
             tokio::select! {
                 biased;
                 msg = self.stream.next() => {
@@ -216,11 +248,7 @@ impl Session {
                         }
                     }
                 }
-                phase = &mut ended => break match phase {
-                    // A close frame is queued behind what the client is owed.
-                    Phase::Closing => End::Server,
-                    _ => End::Output,
-                },
+                phase = &mut ended => break end_of(phase),
             }
         }
     }
@@ -312,7 +340,8 @@ impl Session {
             Request::Once { to, content } => {
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Once, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Target::User(&to), &msg, AckTo { conn: &self.conn, id, mid, read_at: now });
+                let ack = AckTo { conn: &self.conn, id, mid, read_at: now };
+                return Ok(self.node.router.send(Target::User(&to), &msg, ack).map(Call::Wait));
             }
             Request::Group { to, content } => {
                 if !self.groups.contains(&*to) {
@@ -321,7 +350,8 @@ impl Session {
                 }
                 let (mid, ts) = self.stamp();
                 let msg = encode::message(encode::MessageKind::Group, &self.conn.user, &to, content, &mid, ts);
-                self.node.router.send(Target::Group(&to), &msg, AckTo { conn: &self.conn, id, mid, read_at: now });
+                let ack = AckTo { conn: &self.conn, id, mid, read_at: now };
+                return Ok(self.node.router.send(Target::Group(&to), &msg, ack).map(Call::Wait));
             }
             Request::Join { group } => return Ok(Some(Call::Join(group.into(), owned_id()))),
             Request::Leave { group } => return Ok(Some(Call::Leave(group.into(), owned_id()))),
@@ -335,6 +365,8 @@ impl Session {
     /// A request that waits for the presence store.
     async fn call(&mut self, call: Call) {
         match call {
+            // Boxed: only a congested connection pays for the wait's state.
+            Call::Wait(waiting) => Box::pin(self.node.router.wait(waiting)).await,
             Call::Join(group, id) => self.join(group, id.as_deref()).await,
             Call::Leave(group, id) => self.leave(&group, id.as_deref()).await,
             Call::Online(id) => match self.node.presence.online_count().await {
@@ -368,7 +400,7 @@ impl Session {
             Ok(first) => {
                 self.reply(encode::membership_reply(true, &group, id));
                 if first {
-                    self.node.router.presence(&group, &self.conn.user, true);
+                    self.node.router.presence(&group, &self.conn.user, true).await;
                 }
                 self.groups.insert(group);
             }
@@ -389,7 +421,7 @@ impl Session {
                 self.node.hub.leave(group, &self.conn);
                 self.reply(encode::membership_reply(false, group, id));
                 if last {
-                    self.node.router.presence(group, &self.conn.user, false);
+                    self.node.router.presence(group, &self.conn.user, false).await;
                 }
             }
             Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
@@ -444,7 +476,7 @@ impl Session {
         match node.presence.disconnect(&self.conn.user, &groups).await {
             Ok(left) => {
                 for g in left {
-                    node.router.presence(&g, &self.conn.user, false);
+                    node.router.presence(&g, &self.conn.user, false).await;
                 }
             }
             Err(e) => warn!(user = %self.conn.user, error = %chain(&e), "could not record disconnect"),

@@ -350,12 +350,21 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
 }
 
 /// Polls `check` until it holds (each poll is a real request, not a timer), failing at WAIT.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, check).await
+}
+
+/// [`eventually`] with its own failure bound (a broker restarting on a loaded machine).
+pub async fn eventually_within<F, Fut>(what: &str, bound: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::task::yield_now().await;

@@ -119,7 +119,7 @@ async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Res
             Some(Err(e)) => return Err(e),
             None => return Ok(false),
         };
-        inbox(Bytes::from(delivery.data));
+        inbox.deliver(Bytes::from(delivery.data)).await;
         unacked = Some(delivery.acker);
         count += 1;
         if count >= 64 {

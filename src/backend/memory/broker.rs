@@ -83,7 +83,7 @@ impl Broker for MemoryBroker {
             loop {
                 tokio::select! {
                     batch = rx.recv() => match batch {
-                        Some(batch) => inbox(batch),
+                        Some(batch) => inbox.deliver(batch).await,
                         None => return,
                     },
                     () = &mut stopped => return,
@@ -139,7 +139,8 @@ mod tests {
         let tasks = Tasks::new();
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
-        b.start(Arc::new(move |batch| sink.lock().push(batch)), &tasks);
+        let inbox = Inbox::new(crate::outbox::Congestion::new(), move |batch| sink.lock().push(batch));
+        b.start(inbox, &tasks);
         for i in 0..10u8 {
             assert!(a.publish("b", Bytes::from(vec![i]), Instant::now()).await.unwrap());
         }
