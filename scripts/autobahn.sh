@@ -51,6 +51,7 @@ fi
   die "no CPython 2.7 (set CHAT_PYTHON27); autobahntestsuite does not run on Python 3"
 stamp="$("$py27" -V 2>&1) $(cat "$reqs" scripts/autobahn/bootstrap.txt | sha256sum | cut -d' ' -f1)"
 mkdir -p "$cache"
+# One run at a time on a machine: the install, and the report folder in a shared target dir.
 exec 9>"$cache/autobahn.lock"
 flock 9
 if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ] || ! [ -x "$venv/bin/wstest" ]; then
@@ -65,7 +66,6 @@ if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ] || ! [ -x "$venv/bin/
   "$venv/bin/pip" check >/dev/null || die "broken requirements in $venv: $("$venv/bin/pip" check)"
   echo "$stamp" >"$venv/.installed"
 fi
-flock -u 9
 # Python 2 deprecation warnings from cryptography and pip, once per import: noise.
 export PYTHONWARNINGS=ignore
 "$venv/bin/wstest" -a >/dev/null || die "wstest does not start from $venv"
