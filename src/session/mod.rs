@@ -75,12 +75,15 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
 
     // The welcome is queued first and the writer starts only once presence knows this
     // connection: anything routed to the user from then on is queued behind the welcome.
-    let _ = conn.outbox.push(encode::welcome(
-        &conn.user,
-        &cfg.node_id,
-        cfg.heartbeat.as_millis() as u64,
-        cfg.max_message_bytes,
-    ));
+    // An echo server says nothing it was not sent.
+    if !cfg.echo {
+        let _ = conn.outbox.push(encode::welcome(
+            &conn.user,
+            &cfg.node_id,
+            cfg.heartbeat.as_millis() as u64,
+            cfg.max_message_bytes,
+        ));
+    }
     node.hub.add_user(&conn);
     if let Err(e) = node.presence.connect(&conn.user).await {
         debug!(user = %conn.user, error = %chain(&e), "presence unavailable, refusing connection");
