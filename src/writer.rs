@@ -60,12 +60,12 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) 
                 }
                 Phase::Closing if batch.is_empty() => {
                     let until = *deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
-                    return match tokio::time::timeout_at(until, wr.shutdown()).await {
+                    return match Box::pin(tokio::time::timeout_at(until, wr.shutdown())).await {
                         Ok(_) => Finish::Closed,
                         Err(_) => abort(&conn, &wr),
                     };
                 }
-                Phase::SlowConsumer => return slow_consumer(&conn, &mut wr, &mut batch).await,
+                Phase::SlowConsumer => return Box::pin(slow_consumer(&conn, &mut wr, &mut batch)).await,
                 Phase::Dead => return Finish::Dead,
                 Phase::Closing => {
                     deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
@@ -81,7 +81,7 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) 
                 // not keeping up; one with little queued may take its time.
                 Ok(Wrote::Waited) => {
                     if conn.outbox.stalled() {
-                        return slow_consumer(&conn, &mut wr, &mut batch).await;
+                        return Box::pin(slow_consumer(&conn, &mut wr, &mut batch)).await;
                     }
                 }
                 Err(_) => {
@@ -92,7 +92,7 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) 
             // Frames arriving while a write is pending only need a wake-up if they changed
             // the phase; otherwise the next `take` collects them.
             () = conn.outbox.writer_wakeup() => match conn.outbox.phase() {
-                Phase::SlowConsumer => return slow_consumer(&conn, &mut wr, &mut batch).await,
+                Phase::SlowConsumer => return Box::pin(slow_consumer(&conn, &mut wr, &mut batch)).await,
                 Phase::Closing => {
                     deadline.get_or_insert_with(|| Instant::now() + CLOSE_LINGER);
                 }
@@ -132,9 +132,10 @@ fn abort(conn: &Conn, wr: &OwnedWriteHalf) -> Finish {
     Finish::Aborted
 }
 
+/// Boxed: a timer only exists for a closing connection, not in every idle writer's task.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
         None => std::future::pending().await,
     }
 }

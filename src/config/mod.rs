@@ -69,6 +69,9 @@ pub struct Config {
     /// WebSocket connections per node; more get HTTP 503.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", default_value = "100000", value_parser = ranged::<usize>(1, 10_000_000))]
     pub max_connections: usize,
+    /// Bytes read from a client's socket at a time; the read buffer every connection holds, idle or not (a larger frame is read in several reads).
+    #[arg(long, env = "CHAT_READ_BUFFER_BYTES", value_name = "CHAT_READ_BUFFER_BYTES", default_value = "4096", value_parser = ranged::<usize>(256, 1 << 20))]
+    pub read_buffer_bytes: usize,
     /// Most bytes a connection's socket may hold unsent in the kernel (TCP_NOTSENT_LOWAT); the rest waits in the outbox, whose bounds then apply to a client that stops reading. 0: the kernel's default (megabytes).
     #[arg(long, env = "CHAT_KERNEL_UNSENT_BYTES", value_name = "CHAT_KERNEL_UNSENT_BYTES", default_value = "131072", value_parser = ranged::<u32>(0, 1 << 30))]
     pub kernel_unsent_bytes: u32,

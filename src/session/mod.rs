@@ -34,9 +34,6 @@ use crate::router::Waiting;
 use crate::writer::{CLOSE_LINGER, Finish};
 use duplex::Duplex;
 
-/// Read-side buffer: enough for typical chat frames, small enough for many idle sockets.
-const READ_BUFFER: usize = 4096;
-
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -104,7 +101,7 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
     let writer = node.sessions.spawn(crate::writer::run(conn.clone(), wr, cfg.slow_consumer));
 
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(0)
         .max_write_buffer_size(64 << 10)
         .max_message_size(Some(cfg.max_message_bytes))
@@ -403,7 +400,9 @@ impl Session {
             Ok(first) => {
                 self.reply(encode::membership_reply(true, &group, id));
                 if first {
-                    self.node.router.presence(&group, &self.conn.user, true).await;
+                    // Boxed: its wait for dispatcher room would otherwise sit in every idle
+                    // connection's task.
+                    Box::pin(self.node.router.presence(&group, &self.conn.user, true)).await;
                 }
                 self.groups.insert(group);
             }
@@ -424,7 +423,7 @@ impl Session {
                 self.node.hub.leave(group, &self.conn);
                 self.reply(encode::membership_reply(false, group, id));
                 if last {
-                    self.node.router.presence(group, &self.conn.user, false).await;
+                    Box::pin(self.node.router.presence(group, &self.conn.user, false)).await;
                 }
             }
             Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
