@@ -14,14 +14,15 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 
 /// A connected pair: the writer end, and a thread that reads everything from the other end.
 fn pair() -> TcpStream {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let writer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut reader, _) = listener.accept().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let writer = TcpStream::connect(addr).expect("connect to the loopback listener");
+    let (mut reader, _) = listener.accept().expect("accept the loopback connection");
     thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
     });
-    writer.set_nodelay(true).unwrap();
+    writer.set_nodelay(true).expect("TCP_NODELAY");
     writer
 }
 
@@ -33,7 +34,7 @@ fn write_all_vectored(w: &mut TcpStream, frames: &[Bytes]) {
     let mut iov: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut slices = &mut iov[..];
     while !slices.is_empty() {
-        let n = w.write_vectored(slices).unwrap();
+        let n = w.write_vectored(slices).expect("writev to loopback");
         IoSlice::advance_slices(&mut slices, n);
     }
 }
@@ -56,7 +57,7 @@ fn bench(c: &mut Criterion) {
                 for f in fs {
                     buf.extend_from_slice(f);
                 }
-                w.write_all(&buf).unwrap();
+                w.write_all(&buf).expect("write to loopback");
             })
         });
     }
