@@ -13,10 +13,10 @@
 //! |---|---|
 //! | [`server`] | accept loop, hyper http1 connections, graceful shutdown |
 //! | [`http`] | plain HTTP endpoints (`api`), the WebSocket handshake (`upgrade`), the web chat page (`page`) |
-//! | [`auth`] | handshake checks: allowed origins, JWT identity |
-//! | [`session`] | one WebSocket connection: read loop, requests, rate limit, close |
+//! | [`auth`] | handshake checks: allowed origins; JWT keys, algorithms and claims; the `groups` claim |
+//! | [`session`] | one WebSocket connection: read loop, requests, token access and `refresh`, rate limit, close |
 //! | [`writer`] | one connection's writer task: drain the outbox, `writev`, close |
-//! | [`node`] | a node's parts and life cycle (`start`, drain, `release`); heartbeat and presence upkeep loops |
+//! | [`node`] | a node's parts and life cycle (`start`, drain, `release`); heartbeat, token expiry and presence upkeep loops |
 //! | [`router`] | the one delivery path: local recipients through the hub, the rest to the dispatcher |
 //! | [`dispatch`] | dispatcher shards: presence lookups, per-node batches, confirm windows; the inter-node batch codec |
 //! | [`delivery`] | `Target` (a user or a group), who gets the ack, and the ack rule |

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use chatgate::config::EXIT_CONFIG;
 use chatgate::{Backends, Config, Node};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let config = match Config::load() {
@@ -47,11 +47,18 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let shutdown = shutdown_signal();
     let mode = if config.is_cluster() { "cluster" } else { "embedded" };
     info!(config = ?config, "effective configuration (secrets redacted)");
+    if config.api_key.is_none() {
+        warn!(
+            "CHAT_API_KEY is unset: GET /api/* (online count, nodes, group members) is open to anyone who can reach \
+             this port, and POST /api/publish is disabled"
+        );
+    }
     info!(%addr, node = %config.node_id, mode, "listening");
     let node = Node::new(config, backends);
-    chatgate::server::run(listener, node, shutdown_signal()).await;
+    chatgate::server::run(listener, node, shutdown).await;
     ExitCode::SUCCESS
 }
 
@@ -64,15 +71,19 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, at the call, not at the
+/// first poll: a signal sent as soon as `listening` is logged must drain, not kill.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
     }
 }

@@ -102,6 +102,9 @@ fn help_lists_the_settings() {
 
 #[test]
 fn invalid_configuration_exits_64_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_key = dir.path().join("key.pem");
+    std::fs::write(&not_a_key, "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n").unwrap();
     for (var, value) in [
         ("CHAT_RATE_LIMIT", "lots"),
         ("CHAT_LISTEN", "nowhere"),
@@ -110,6 +113,9 @@ fn invalid_configuration_exits_64_naming_the_variable() {
         ("CHAT_NODE_TTL_MS", "abc"),
         ("RUST_LOG", "chatgate=loud"),
         ("RABBIT_MQ_URL", "amqp://h"),
+        ("CHAT_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem"),
+        ("CHAT_JWT_PUBLIC_KEY_FILE", not_a_key.to_str().unwrap()),
+        ("CHAT_JWT_LEEWAY_S", "soon"),
     ] {
         let out = chatgate().env(var, value).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{var}={value}");
@@ -203,4 +209,18 @@ async fn start_up_logs_the_effective_configuration_without_secrets() {
     let line = logs.iter().find(|l| l.contains("effective configuration")).expect("the configuration is logged");
     assert!(line.contains("max_connections") && line.contains("api_key"), "{line}");
     assert!(!logs.iter().any(|l| l.contains("hunter2")), "a secret reached the log");
+    assert!(!logs.iter().any(|l| l.contains("CHAT_API_KEY is unset")), "no warning with a key");
+}
+
+#[tokio::test]
+async fn start_up_warns_when_the_api_is_open() {
+    let (mut child, _addr, logs) = start_logged(&[]);
+    // The warning comes before the `listening` line `start_logged` waited for.
+    let warning = logs.lock().iter().find(|l| l.contains("CHAT_API_KEY is unset")).cloned();
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let warning = warning.expect("a warning that /api/* is open");
+    let v: serde_json::Value = serde_json::from_str(&warning).unwrap();
+    assert_eq!(v["level"], "WARN", "{warning}");
 }

@@ -65,11 +65,49 @@ async fn connection_limit_answers_503() {
 }
 
 #[tokio::test]
-async fn publish_api_needs_the_key() {
+async fn without_an_api_key_publish_is_absent_and_the_read_endpoints_open() {
     let gw = Gateway::start().await;
-    let r = gw.http("POST", "/api/publish", &[], r#"{"type":"once","to":"1","from":"x","content":1}"#).await;
-    assert_eq!(r.status, 403, "disabled without CHAT_API_KEY");
+    for method in ["POST", "GET"] {
+        let r = gw.http(method, "/api/publish", &[], r#"{"type":"once","to":"1","from":"x","content":1}"#).await;
+        assert_eq!(r.status, 404, "{method}: disabled without CHAT_API_KEY");
+        assert_eq!(r.json()["error"], "not_found");
+    }
+    for path in ["/api/online", "/api/nodes", "/api/groups/g/members"] {
+        assert_eq!(gw.http("GET", path, &[], "").await.status, 200, "{path}");
+    }
+}
 
+#[tokio::test]
+async fn with_an_api_key_every_api_path_needs_it_and_nothing_else_does() {
+    let gw = Gateway::start_with(|c| c.api_key = Some("s3cret".into())).await;
+    let paths = ["/api/online", "/api/nodes", "/api/groups/g/members", "/api/publish", "/api/nope", "/api"];
+    for path in paths {
+        for auth in [&[][..], &[("Authorization", "Bearer wrong")], &[("Authorization", "Basic s3cret")]] {
+            let r = gw.http("GET", path, auth, "").await;
+            assert_eq!(r.status, 401, "{path} {auth:?}");
+            assert_eq!(r.json()["error"], "unauthorized");
+            assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+        }
+    }
+    let key = [("Authorization", "Bearer s3cret")];
+    for (path, status) in [
+        ("/api/online", 200),
+        ("/api/nodes", 200),
+        ("/api/groups/g/members", 200),
+        ("/api/publish", 405),
+        ("/api/nope", 404),
+    ] {
+        assert_eq!(gw.http("GET", path, &key, "").await.status, status, "{path} with the key");
+    }
+    assert_eq!(gw.http("GET", "/api/online", &[("Authorization", "bearer s3cret")], "").await.status, 200);
+    for path in ["/ping", "/healthz", "/readyz", "/metrics", "/"] {
+        assert_eq!(gw.http("GET", path, &[], "").await.status, 200, "{path} needs no key");
+    }
+    assert_eq!(gw.client().await.welcome["type"], "welcome", "WebSockets need no API key");
+}
+
+#[tokio::test]
+async fn publish_api_needs_the_key() {
     let gw = Gateway::start_with(|c| c.api_key = Some("s3cret".into())).await;
     let mut a = gw.client().await;
     let mut b = gw.client().await;

@@ -8,6 +8,7 @@
 //! that text, which the value parser understands: the text in `--help`, in the README's
 //! table and in the code is the same string.
 
+mod keys;
 mod parse;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+pub use keys::PublicKey;
 use parse::{listen, log_filter, millis, name, node_id, non_empty, per_core, ranged};
 
 /// `EX_USAGE` from sysexits.h: the exit code for bad configuration.
@@ -78,12 +80,24 @@ pub struct Config {
     /// Groups one connection may join.
     #[arg(long = "max-groups-per-conn", env = "CHAT_MAX_GROUPS_PER_CONN", value_name = "CHAT_MAX_GROUPS_PER_CONN", default_value = "1000", value_parser = ranged::<usize>(1, 1_000_000))]
     pub max_groups: usize,
-    /// Bearer token for POST /api/publish; unset disables that endpoint.
+    /// Bearer token every /api/* request needs (Authorization: Bearer), else HTTP 401. Unset: POST /api/publish answers 404 and the read endpoints are open.
     #[arg(long, env = "CHAT_API_KEY", value_name = "CHAT_API_KEY", hide_env_values = true, value_parser = non_empty)]
     pub api_key: Option<Secret>,
-    /// HS256 secret. When set, a connection needs a token (?token= or Authorization: Bearer); its `sub` is the user id, `exp` is enforced; otherwise HTTP 401. Unset: anonymous ids.
+    /// HS256 secret. With it (or CHAT_JWT_PUBLIC_KEY_FILE), a connection needs a token (?token= or Authorization: Bearer) whose `sub` is the user id; otherwise HTTP 401. Unset (both): anonymous ids.
     #[arg(long, env = "CHAT_JWT_SECRET", value_name = "CHAT_JWT_SECRET", hide_env_values = true, value_parser = non_empty)]
     pub jwt_secret: Option<Secret>,
+    /// PEM file with the public key for RS256 (an RSA key) or ES256 (a P-256 key) tokens, read once at start-up. May be set together with CHAT_JWT_SECRET: a token's `alg` picks the key.
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE", value_name = "CHAT_JWT_PUBLIC_KEY_FILE", value_parser = parse::public_key_file)]
+    pub jwt_public_key_file: Option<PublicKey>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, in seconds; a connection is closed 4001 this long after its token's `exp`.
+    #[arg(long = "jwt-leeway-s", env = "CHAT_JWT_LEEWAY_S", value_name = "CHAT_JWT_LEEWAY_S", default_value = "5", value_parser = parse::seconds(0, 3600))]
+    pub jwt_leeway: Duration,
+    /// When set, a token's `iss` must be this value.
+    #[arg(long, env = "CHAT_JWT_ISSUER", value_name = "CHAT_JWT_ISSUER", value_parser = parse::text)]
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must be (or list) this value. Unset: `aud` is not checked.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE", value_name = "CHAT_JWT_AUDIENCE", value_parser = parse::text)]
+    pub jwt_audience: Option<String>,
     /// Comma list of allowed Origin values for WebSocket upgrades (* allows all); others get HTTP 403. Unset: any; clients that send no Origin are not checked.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_name = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
@@ -262,6 +276,11 @@ impl Config {
         let mut c = Config::from_args(["chatgate"]).expect("defaults are valid");
         c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c
+    }
+
+    /// Whether connections need a token (a secret or a public key is configured).
+    pub fn tokens_required(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key_file.is_some()
     }
 
     /// Whether Redis and RabbitMQ are configured.

@@ -42,6 +42,12 @@ pub fn millis(lo: u64, hi: u64) -> impl Fn(&str) -> Result<Duration, String> + C
     move |s| n(s).map(Duration::from_millis)
 }
 
+/// Whole seconds in `lo..=hi`, as a duration.
+pub fn seconds(lo: u64, hi: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    let n = ranged(lo, hi);
+    move |s| n(s).map(Duration::from_secs)
+}
+
 /// Microseconds in `lo..=hi`, as a duration.
 pub fn micros(lo: u64, hi: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     let n = ranged(lo, hi);
@@ -99,6 +105,19 @@ pub fn non_empty(s: &str) -> Result<Secret, String> {
         return Err("must not be empty (unset it instead)".into());
     }
     Ok(s.into())
+}
+
+/// A non-empty value (unset it instead).
+pub fn text(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty (unset it instead)".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// `CHAT_JWT_PUBLIC_KEY_FILE`: the file is read and its key parsed here, once.
+pub fn public_key_file(s: &str) -> Result<super::PublicKey, String> {
+    super::PublicKey::read(std::path::Path::new(s))
 }
 
 /// `url` with its password (the part between `:` and `@` after the scheme) hidden.

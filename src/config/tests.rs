@@ -31,6 +31,9 @@ fn defaults() {
     assert!(crate::protocol::is_valid_name(&c.node_id), "{}", c.node_id);
     assert_ne!(c.node_id, with(&[]).unwrap().node_id, "a fresh id per start");
     assert!(c.api_key.is_none());
+    assert_eq!(c.jwt_leeway, Duration::from_secs(5));
+    assert!(!c.tokens_required());
+    assert!(c.jwt_issuer.is_none() && c.jwt_audience.is_none());
     assert!(!c.is_cluster());
     assert_eq!(c.cluster.node_ttl, Duration::from_secs(10));
     assert!(c.cluster.persistent);
@@ -52,12 +55,38 @@ fn errors_name_the_variable() {
         ("--node-ttl-ms", "abc", "CHAT_NODE_TTL_MS"),
         ("--amqp-persistent", "maybe", "CHAT_AMQP_PERSISTENT"),
         ("--cluster", "a b", "CHAT_CLUSTER"),
+        ("--jwt-public-key-file", "/nonexistent/key.pem", "CHAT_JWT_PUBLIC_KEY_FILE"),
+        ("--jwt-leeway-s", "soon", "CHAT_JWT_LEEWAY_S"),
+        ("--jwt-leeway-s", "86400", "CHAT_JWT_LEEWAY_S"),
+        ("--jwt-issuer", "", "CHAT_JWT_ISSUER"),
+        ("--jwt-audience", "", "CHAT_JWT_AUDIENCE"),
     ] {
         let e = with(&[&format!("{flag}={value}")]).unwrap_err();
         use clap::error::ErrorKind::{InvalidValue, ValueValidation};
         assert!(matches!(e.kind(), ValueValidation | InvalidValue), "{flag} {value}: {e}");
         assert!(e.to_string().contains(var), "{flag} {value}: {e}");
     }
+}
+
+#[test]
+fn token_settings() {
+    let c = with(&["--jwt-secret", "k", "--jwt-leeway-s", "0", "--jwt-issuer", "i", "--jwt-audience", "a"]).unwrap();
+    assert!(c.tokens_required());
+    assert_eq!(
+        (c.jwt_leeway, c.jwt_issuer.as_deref(), c.jwt_audience.as_deref()),
+        (Duration::ZERO, Some("i"), Some("a"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ec.pem");
+    let key = p256::SecretKey::random(&mut rand::thread_rng()).public_key();
+    std::fs::write(&path, rsa::pkcs8::EncodePublicKey::to_public_key_pem(&key, Default::default()).unwrap()).unwrap();
+    let c = with(&["--jwt-public-key-file", path.to_str().unwrap()]).unwrap();
+    assert!(c.tokens_required(), "a public key alone is token mode");
+    let key = c.jwt_public_key_file.expect("parsed at start-up");
+    assert_eq!(key.algorithm(), jsonwebtoken::Algorithm::ES256);
+    std::fs::write(&path, "garbage").unwrap();
+    let e = with(&["--jwt-public-key-file", path.to_str().unwrap()]).unwrap_err();
+    assert!(e.to_string().contains("CHAT_JWT_PUBLIC_KEY_FILE") && e.to_string().contains("not a PEM"), "{e}");
 }
 
 #[test]

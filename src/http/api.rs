@@ -1,11 +1,11 @@
-//! `/api/*`: the cluster's online count and group members, and publishing on behalf of a
-//! user.
+//! `/api/*`: the API key rule, the cluster's online count, nodes and group members, and
+//! publishing on behalf of a user.
 
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -44,14 +44,34 @@ pub(super) async fn members(node: &Node, group: &str) -> Response<Body> {
     }
 }
 
-/// `POST /api/publish`: a `once` or `group` frame plus `"from"`, sent on behalf of `from`.
-pub(super) async fn publish(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
-    let Some(key) = node.config.api_key.as_deref() else {
-        return error(StatusCode::FORBIDDEN, "forbidden", "POST /api/publish is disabled: CHAT_API_KEY is not set");
-    };
-    if bearer(req.headers()) != Some(key) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong API key");
+/// The API key rule for every `/api/*` request: with `CHAT_API_KEY` set, `Authorization:
+/// Bearer <key>` or 401; without it, `/api/publish` does not exist (404) and the read
+/// endpoints are open. `Some` is the refusal.
+pub(super) fn gate(req: &Request<Incoming>, node: &Node) -> Option<Response<Body>> {
+    match node.config.api_key.as_deref() {
+        Some(key) if key_matches(crate::auth::bearer(req.headers()), key) => None,
+        Some(_) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong API key");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+        None if req.uri().path() == "/api/publish" => {
+            Some(error(StatusCode::NOT_FOUND, "not_found", "POST /api/publish is disabled: CHAT_API_KEY is not set"))
+        }
+        None => None,
     }
+}
+
+/// Compares in time that does not depend on where the two differ (only on their lengths,
+/// which are not secret), so the key cannot be guessed byte by byte from response times.
+fn key_matches(given: Option<&str>, key: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(key.as_bytes())))
+}
+
+/// `POST /api/publish`: a `once` or `group` frame plus `"from"`, sent on behalf of `from`.
+/// Reached only with the API key ([`gate`]).
+pub(super) async fn publish(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let limit = node.config.max_message_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -87,6 +107,15 @@ pub(super) async fn publish(req: Request<Incoming>, node: Arc<Node>) -> Response
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+#[cfg(test)]
+mod tests {
+    use super::key_matches;
+
+    #[test]
+    fn key_comparison() {
+        assert!(key_matches(Some("s3cret"), "s3cret"));
+        for wrong in [None, Some(""), Some("s3cre"), Some("s3cret!"), Some("S3cret"), Some("x3cret")] {
+            assert!(!key_matches(wrong, "s3cret"), "{wrong:?}");
+        }
+    }
 }

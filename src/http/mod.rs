@@ -3,7 +3,7 @@
 //! | file | concern |
 //! |---|---|
 //! | `upgrade` | the WebSocket handshake (RFC 6455 checks, origin, token, admission) |
-//! | `api` | `/api/*`: online count, group members, publish |
+//! | `api` | `/api/*`: the API key, online count, nodes, group members, publish |
 //! | `page` | the web chat page at `GET /`, embedded in the binary |
 
 mod api;
@@ -26,6 +26,12 @@ pub type Body = Full<Bytes>;
 /// Routes one request.
 pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let path = req.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        // Before routing, so a caller without the key learns nothing, not even which paths exist.
+        if let Some(refused) = api::gate(&req, &node) {
+            return refused;
+        }
+    }
     match (req.method(), path) {
         (_, "/ws" | "/chat_home") => upgrade::upgrade(req, node).await,
         (&Method::GET, "/" | "/index.html") => page::index(),

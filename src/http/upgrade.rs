@@ -82,7 +82,7 @@ struct Admitted {
 /// cap, and the anonymous id.
 async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refused, Response<Body>)> {
     let accept = check(req.method(), req.headers()).map_err(|e| (Refused::BadRequest, e.response()))?;
-    let user = match node.auth.check(req.headers(), req.uri().query()) {
+    let grant = match node.auth.check(req.headers(), req.uri().query()) {
         Ok(user) => user,
         Err(Refusal::Unauthorized(m)) => {
             return Err((Refused::Unauthorized, error(StatusCode::UNAUTHORIZED, "unauthorized", &m)));
@@ -97,8 +97,8 @@ async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refuse
         return Err(unavailable_because(Refused::Unavailable, "a backend is unreachable"));
     }
     let slot = node.admit().ok_or_else(|| unavailable_because(Refused::Limit, "connection limit reached"))?;
-    let identity = match user {
-        Some(user) => Identity::User(user),
+    let identity = match grant {
+        Some(grant) => Identity::User(grant),
         None => match node.presence.allocate_id().await {
             Ok(id) => Identity::Anonymous(id),
             Err(e) => return Err((Refused::Unavailable, unavailable(&e))),

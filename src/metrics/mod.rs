@@ -72,14 +72,16 @@ pub enum FrameKind {
     Ping,
     Invalid,
     Binary,
+    Refresh,
 }
 
-const FRAMES: [&str; 9] = ["once", "group", "join", "leave", "online", "members", "ping", "invalid", "binary"];
+const FRAMES: [&str; 10] =
+    ["once", "group", "join", "leave", "online", "members", "ping", "invalid", "binary", "refresh"];
 
 /// Close codes counted apart; any other is `other`.
-const CLOSE_CODES: [u16; 12] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000];
-const CLOSES: [&str; 13] =
-    ["1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1011", "1013", "4000", "other"];
+const CLOSE_CODES: [u16; 13] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001];
+const CLOSES: [&str; 14] =
+    ["1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1011", "1013", "4000", "4001", "other"];
 
 /// Presence store operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,12 +146,12 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub accepted: Counter,
     refused: Labelled<6>,
-    disconnects: Labelled<13>,
-    frames: Labelled<9>,
+    disconnects: Labelled<14>,
+    frames: Labelled<10>,
     /// Frames pushed to client connections (one per recipient).
     pub delivered: Counter,
     acks: Labelled<2>,
-    errors: Labelled<4>,
+    errors: Labelled<5>,
     pub unavailable: Counter,
     pub slow_consumers: Counter,
     /// Connections whose client never finished the close handshake within the linger.

@@ -6,6 +6,7 @@
 //! [`Node::release`] then hands what is queued to the broker, removes the node's presence,
 //! closes the broker and waits for every background task to end.
 
+mod expiry;
 mod heartbeat;
 mod upkeep;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+pub use expiry::{Deadline, Expiry};
 pub use heartbeat::Clock;
 
 /// The live nodes of the cluster for `GET /api/nodes`: what the others last reported, and this
@@ -116,15 +118,15 @@ impl Backends {
 pub enum Identity {
     /// Anonymous mode: an id reserved from the cluster-wide allocator.
     Anonymous(u64),
-    /// An authenticated user id (from a token's `sub`).
-    User(String),
+    /// A verified token: the user id (`sub`), its expiry and its groups.
+    User(crate::auth::Grant),
 }
 
 impl Identity {
     pub fn user(&self) -> String {
         match self {
             Identity::Anonymous(id) => id.to_string(),
-            Identity::User(u) => u.clone(),
+            Identity::User(g) => g.user.clone(),
         }
     }
 }
@@ -171,6 +173,8 @@ pub struct Node {
     /// Random per process: part of every message id, so ids stay unique across restarts.
     pub incarnation: u32,
     pub clock: Clock,
+    /// Token connections by the time their token expires (token mode only).
+    pub expiry: Arc<Expiry>,
     pub metrics: Arc<Metrics>,
     pub stats: Stats,
     /// Fan-in control: set while outboxes lag behind their (runnable) writers.
@@ -228,7 +232,8 @@ impl Node {
         };
         register_gauges(&metrics, &hub, &connections, clock, &congestion);
         Arc::new(Node {
-            auth: crate::auth::Auth::new(config.jwt_secret.as_deref(), config.allowed_origins.clone()),
+            auth: crate::auth::Auth::from_config(&config),
+            expiry: Arc::new(Expiry::new(config.jwt_leeway)),
             router: Arc::new(Router::new(hub.clone(), remote, metrics.clone())),
             hub,
             presence: backends.presence,
@@ -249,7 +254,7 @@ impl Node {
     }
 
     /// Spawns every background loop: dispatchers, the broker's publisher and consumer, the
-    /// presence writer and upkeep, the heartbeat. Needs a Tokio runtime; a second call does
+    /// presence writer and upkeep, the heartbeat, token expiry. Needs a Tokio runtime; a second call does
     /// nothing.
     pub fn start(&self) {
         if self.started.swap(true, Ordering::SeqCst) {
@@ -277,6 +282,9 @@ impl Node {
             self.congestion.clone(),
             self.draining_signal(),
         ));
+        if self.auth.tokens_required() {
+            tasks.spawn(expiry::run(self.expiry.clone(), self.draining_signal()));
+        }
     }
 
     pub fn next_conn_id(&self) -> u64 {

@@ -212,6 +212,13 @@ pub fn members<S: AsRef<str>>(group: &str, users: &[S], id: Option<&str>) -> Byt
     f.finish()
 }
 
+/// The reply to a `refresh`: the new token's `exp`.
+pub fn refreshed(exp: u64, id: Option<&str>) -> Bytes {
+    let mut f = FrameBuf::with_capacity(48 + id.map_or(0, str::len));
+    f.raw("{\"type\":\"refreshed\",\"exp\":").u64(exp).id(id).raw("}");
+    f.finish()
+}
+
 pub fn pong(id: Option<&str>) -> Bytes {
     let mut f = FrameBuf::with_capacity(24 + id.map_or(0, str::len));
     f.raw("{\"type\":\"pong\"").id(id).raw("}");
@@ -310,6 +317,10 @@ mod tests {
         );
         assert_eq!(json_of(&members::<&str>("g", &[], None)), json!({"type":"members","group":"g","users":[]}));
         assert_eq!(json_of(&pong(Some("\"c7\""))), json!({"type":"pong","id":"c7"}));
+        assert_eq!(
+            json_of(&refreshed(1764230400, Some("\"r1\""))),
+            json!({"type":"refreshed","exp":1764230400,"id":"r1"})
+        );
         assert_eq!(
             json_of(&presence("room1", "17", true)),
             json!({"type":"presence","group":"room1","user":"17","event":"join"})

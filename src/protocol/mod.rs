@@ -1,4 +1,4 @@
-//! The v1 wire contract (`docs/PROTOCOL.md`) as pure functions over bytes.
+//! The v1 (and v1.1) wire contract (`docs/PROTOCOL.md`) as pure functions over bytes.
 //!
 //! * [`parse`] turns one client text frame into a [`ClientFrame`] borrowing the input;
 //!   nothing here touches a socket, so it is unit-tested, fuzzed and benched in isolation.
@@ -44,6 +44,10 @@ pub enum Request<'a> {
         group: Cow<'a, str>,
     },
     Ping,
+    /// A new token for this connection (token mode).
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// One parsed client frame.
@@ -64,11 +68,18 @@ pub enum ErrorCode {
     NotMember,
     RateLimited,
     Unavailable,
+    /// v1.1: the token does not allow this group, or a `refresh` token was refused.
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 4] =
-        [ErrorCode::BadRequest, ErrorCode::NotMember, ErrorCode::RateLimited, ErrorCode::Unavailable];
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotMember,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Forbidden,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,6 +87,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -41,6 +41,7 @@ struct RawFields<'a> {
     to: Option<&'a str>,
     group: Option<&'a str>,
     content: Option<&'a str>,
+    token: Option<&'a str>,
 }
 
 impl<'a> RawFields<'a> {
@@ -52,6 +53,7 @@ impl<'a> RawFields<'a> {
             "to" => &mut self.to,
             "group" => &mut self.group,
             "content" => &mut self.content,
+            "token" => &mut self.token,
             _ => return Ok(()),
         };
         if slot.is_some() {
@@ -82,6 +84,8 @@ pub fn parse_serde(text: &str) -> Result<ClientFrame<'_>, ParseError<'_>> {
         group: Option<&'a RawValue>,
         #[serde(borrow, default, deserialize_with = "present")]
         content: Option<&'a RawValue>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        token: Option<&'a RawValue>,
     }
 
     // `Option<&RawValue>` would read `null` as absent; `content: null` is a valid message.
@@ -101,6 +105,7 @@ pub fn parse_serde(text: &str) -> Result<ClientFrame<'_>, ParseError<'_>> {
         to: env.to.map(RawValue::get),
         group: env.group.map(RawValue::get),
         content: env.content.map(RawValue::get),
+        token: env.token.map(RawValue::get),
     })
 }
 
@@ -234,6 +239,7 @@ fn classify(f: RawFields<'_>) -> Result<ClientFrame<'_>, ParseError<'_>> {
         "members" => Request::Members { group: name(f.group, "group")? },
         "online" => Request::Online,
         "ping" => Request::Ping,
+        "refresh" => Request::Refresh { token: token_field(f.token, id)? },
         _ => return Err(err("unknown frame type")),
     };
     Ok(ClientFrame { id, request })
@@ -279,6 +285,16 @@ fn name_field<'a>(
     let raw = raw.ok_or_else(|| ParseError::new(id, missing(field)))?;
     let s = decode_str(raw).map_err(|_| ParseError::new(id, not_string(field)))?;
     if is_valid_name(&s) { Ok(s) } else { Err(ParseError::new(id, invalid_name(field))) }
+}
+
+/// A `refresh` frame's token: a non-empty string (verifying it is the session's job).
+fn token_field<'a>(raw: Option<&'a str>, id: Option<&'a str>) -> Result<Cow<'a, str>, ParseError<'a>> {
+    let raw = raw.ok_or_else(|| ParseError::new(id, "missing field `token`"))?;
+    match decode_str(raw) {
+        Ok(t) if !t.is_empty() => Ok(t),
+        Ok(_) => Err(ParseError::new(id, "field `token` must not be empty")),
+        Err(()) => Err(ParseError::new(id, "field `token` must be a string")),
+    }
 }
 
 fn missing(field: &str) -> &'static str {
@@ -342,6 +358,22 @@ mod tests {
         assert_eq!(req(r#"{"type":"members","group":"g"}"#), Request::Members { group: "g".into() });
         assert_eq!(req(r#"{"type":"online"}"#), Request::Online);
         assert_eq!(req(r#"{"type":"ping"}"#), Request::Ping);
+        assert_eq!(req(r#"{"type":"refresh","token":"a.b.c"}"#), Request::Refresh { token: "a.b.c".into() });
+    }
+
+    #[test]
+    fn refresh_needs_a_token_string() {
+        for (text, needle) in [
+            (r#"{"type":"refresh","id":"a"}"#, "missing field `token`"),
+            (r#"{"type":"refresh","id":"a","token":7}"#, "must be a string"),
+            (r#"{"type":"refresh","id":"a","token":null}"#, "must be a string"),
+            (r#"{"type":"refresh","id":"a","token":""}"#, "must not be empty"),
+        ] {
+            let e = bad(text);
+            assert_eq!(e.id, Some("\"a\""), "{text}");
+            assert!(e.message.contains(needle), "{text}: {}", e.message);
+        }
+        bad(r#"{"type":"refresh","token":"a","token":"b"}"#);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No frame or pong from the client for two heartbeat intervals.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// The connection's token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// Writes the header for a final, unmasked frame of `len` payload bytes into the end of

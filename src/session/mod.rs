@@ -5,6 +5,7 @@
 //! echo) goes through [`Duplex`] into the connection's outbox, so the writer task
 //! ([`crate::writer`]) is the only thing that touches the socket's write half.
 
+mod access;
 mod duplex;
 
 use std::collections::HashSet;
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 use tracing::{debug, warn};
 
-use crate::backend::chain;
+use crate::backend::{BackendError, chain};
 use crate::delivery::{AckTo, Target};
 use crate::hub::Conn;
 use crate::metrics::FrameKind;
@@ -32,6 +33,7 @@ use crate::protocol::{self, ErrorCode, MessageId, Request, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::router::Waiting;
 use crate::writer::{CLOSE_LINGER, Finish};
+use access::Access;
 use duplex::Duplex;
 
 /// Why the read loop ended.
@@ -108,12 +110,17 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         .max_frame_size(Some(cfg.max_message_bytes));
     let duplex = Duplex { rd, conn: conn.clone() };
     let stream = WebSocketStream::from_partially_read(duplex, leftover, Role::Server, Some(ws_config)).await;
+    let access = match identity {
+        Identity::User(grant) => Some(Access::start(&node, &conn, grant)),
+        Identity::Anonymous(_) => None,
+    };
 
     let session = Session {
         limiter: RateLimiter::new(cfg.rate_limit, cfg.rate_burst, cfg.rate_limit_close),
         node: node.clone(),
         conn,
         groups: HashSet::default(),
+        access,
         seq: 0,
         stream,
     };
@@ -149,6 +156,7 @@ fn frame_kind(r: &Request<'_>) -> FrameKind {
         Request::Online => FrameKind::Online,
         Request::Members { .. } => FrameKind::Members,
         Request::Ping => FrameKind::Ping,
+        Request::Refresh { .. } => FrameKind::Refresh,
     }
 }
 
@@ -160,13 +168,17 @@ enum Call {
     Leave(Box<str>, Option<Box<str>>),
     Online(Option<Box<str>>),
     Members(Box<str>, Option<Box<str>>),
+    Refresh(Box<str>, Option<Box<str>>),
 }
 
 struct Session {
     node: Arc<Node>,
     conn: Arc<Conn>,
-    /// Groups this connection has joined.
+    /// Groups this connection has joined. Each was allowed by the token when joined, and a
+    /// refresh leaves those its new token does not allow, so sending to one needs no check.
     groups: HashSet<Box<str>, foldhash::fast::RandomState>,
+    /// The token's groups and expiry; `None` in anonymous mode (boxed: 8 bytes there).
+    access: Option<Box<Access>>,
     limiter: RateLimiter,
     /// Per-connection message sequence, part of each `mid`.
     seq: u64,
@@ -345,7 +357,12 @@ impl Session {
             }
             Request::Group { to, content } => {
                 if !self.groups.contains(&*to) {
-                    self.error(id, ErrorCode::NotMember, "join the group before sending to it");
+                    // Only the refusal consults the token: a joined group is an allowed one.
+                    if self.may_use(&to) {
+                        self.error(id, ErrorCode::NotMember, "join the group before sending to it");
+                    } else {
+                        self.error(id, ErrorCode::Forbidden, access::NOT_ALLOWED);
+                    }
                     return Ok(None);
                 }
                 let (mid, ts) = self.stamp();
@@ -358,6 +375,7 @@ impl Session {
             Request::Online => return Ok(Some(Call::Online(owned_id()))),
             Request::Members { group } => return Ok(Some(Call::Members(group.into(), owned_id()))),
             Request::Ping => self.reply(encode::pong(id)),
+            Request::Refresh { token } => return Ok(Some(Call::Refresh(token.into(), owned_id()))),
         }
         Ok(None)
     }
@@ -368,7 +386,12 @@ impl Session {
             // Boxed: only a congested connection pays for the wait's state.
             Call::Wait(waiting) => Box::pin(self.node.router.wait(waiting)).await,
             Call::Join(group, id) => self.join(group, id.as_deref()).await,
-            Call::Leave(group, id) => self.leave(&group, id.as_deref()).await,
+            // Inline rather than a `leave` fn around `leave_group`: one future layer less in
+            // the state every idle connection's task holds.
+            Call::Leave(group, id) => match self.leave_group(&group).await {
+                Ok(()) => self.reply(encode::membership_reply(false, &group, id.as_deref())),
+                Err(e) => self.error(id.as_deref(), ErrorCode::Unavailable, &e.to_string()),
+            },
             Call::Online(id) => match self.node.presence.online_count().await {
                 Ok(n) => self.reply(encode::online(n, id.as_deref())),
                 Err(e) => self.error(id.as_deref(), ErrorCode::Unavailable, &e.to_string()),
@@ -377,6 +400,8 @@ impl Session {
                 Ok(users) => self.reply(encode::members(&group, &users, id.as_deref())),
                 Err(e) => self.error(id.as_deref(), ErrorCode::Unavailable, &e.to_string()),
             },
+            // Boxed: rare, and its state would otherwise enlarge every idle connection's future.
+            Call::Refresh(token, id) => Box::pin(self.refresh(&token, id.as_deref())).await,
         }
     }
 
@@ -388,6 +413,9 @@ impl Session {
     }
 
     async fn join(&mut self, group: Box<str>, id: Option<&str>) {
+        if !self.may_use(&group) {
+            return self.error(id, ErrorCode::Forbidden, access::NOT_ALLOWED);
+        }
         if self.groups.contains(&group) {
             return self.reply(encode::membership_reply(true, &group, id));
         }
@@ -413,21 +441,21 @@ impl Session {
         }
     }
 
-    async fn leave(&mut self, group: &str, id: Option<&str>) {
+    /// Leaves `group` if joined: presence first (on failure nothing changes), then the hub,
+    /// then the presence `leave` event if this was the user's last connection in it.
+    async fn leave_group(&mut self, group: &str) -> Result<(), BackendError> {
         if !self.groups.contains(group) {
-            return self.reply(encode::membership_reply(false, group, id));
+            return Ok(());
         }
-        match self.node.presence.leave(&self.conn.user, group).await {
-            Ok(last) => {
-                self.groups.remove(group);
-                self.node.hub.leave(group, &self.conn);
-                self.reply(encode::membership_reply(false, group, id));
-                if last {
-                    Box::pin(self.node.router.presence(group, &self.conn.user, false)).await;
-                }
-            }
-            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
+        let last = self.node.presence.leave(&self.conn.user, group).await?;
+        self.groups.remove(group);
+        self.node.hub.leave(group, &self.conn);
+        if last {
+            // Boxed: its wait for dispatcher room would otherwise sit in every idle
+            // connection's task.
+            Box::pin(self.node.router.presence(group, &self.conn.user, false)).await;
         }
+        Ok(())
     }
 
     /// After the read loop: deregister, let the writer flush (it ends after the close frame,
@@ -470,6 +498,9 @@ impl Session {
     /// Removes the connection from the hub and presence, and tells groups it left.
     async fn leave_everything(&mut self) {
         let node = &self.node;
+        if let Some(access) = &self.access {
+            node.expiry.cancel(access.deadline);
+        }
         node.hub.remove_user(&self.conn);
         let groups: Vec<Box<str>> = self.groups.drain().collect();
         for g in &groups {

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod inprocess;
+pub mod jwt;
 pub mod services;
 pub mod traffic;
 

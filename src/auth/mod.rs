@@ -2,13 +2,22 @@
 //!
 //! Both run before the upgrade and before any presence work, so a refused client costs no
 //! backend round trip.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `token` | keys, algorithms, claims: a token into a [`Grant`] |
+//! | `groups` | the `groups` claim's exact names and `prefix*` patterns |
+
+mod groups;
+mod token;
 
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, ORIGIN};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
 
-use crate::protocol::is_valid_name;
+pub use groups::Groups;
+pub use token::{Grant, Rules, Verifier};
+
+use crate::config::Config;
 
 /// Why a handshake was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,38 +30,35 @@ pub enum Refusal {
 
 /// The configured checks.
 pub struct Auth {
-    jwt: Option<(DecodingKey, Validation)>,
+    tokens: Option<Verifier>,
     origins: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("jwt", &self.jwt.is_some()).field("origins", &self.origins).finish()
+        f.debug_struct("Auth").field("tokens", &self.tokens).field("origins", &self.origins).finish()
     }
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
 }
 
 impl Auth {
-    /// `secret`: HS256 key (`None`: anonymous mode). `origins`: allowed `Origin` values
-    /// (`None`: all).
-    pub fn new(secret: Option<&str>, origins: Option<Vec<String>>) -> Auth {
-        let jwt = secret.map(|s| {
-            let mut v = Validation::new(Algorithm::HS256);
-            v.leeway = 0;
-            v.set_required_spec_claims(&["exp", "sub"]);
-            (DecodingKey::from_secret(s.as_bytes()), v)
-        });
-        let origins = origins.map(|o| o.into_iter().map(|s| s.trim_end_matches('/').to_ascii_lowercase()).collect());
-        Auth { jwt, origins }
+    pub fn from_config(c: &Config) -> Auth {
+        Auth::new(Verifier::from_config(c), c.allowed_origins.clone())
     }
 
-    /// Checks the origin, then the token. `Ok(Some(user))` for a verified token,
+    /// `tokens`: `None` is anonymous mode. `origins`: allowed `Origin` values (`None`: all).
+    pub fn new(tokens: Option<Verifier>, origins: Option<Vec<String>>) -> Auth {
+        let origins = origins.map(|o| o.into_iter().map(|s| s.trim_end_matches('/').to_ascii_lowercase()).collect());
+        Auth { tokens, origins }
+    }
+
+    /// Whether connections present tokens (else they get anonymous ids).
+    pub fn tokens_required(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// Checks the origin, then the token. `Ok(Some(grant))` for a verified token,
     /// `Ok(None)` in anonymous mode.
-    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, Refusal> {
+    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<Grant>, Refusal> {
         if let (Some(allowed), Some(origin)) = (&self.origins, headers.get(ORIGIN)) {
             // Clients that send no Origin (non-browser) are not subject to it.
             let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
@@ -60,21 +66,28 @@ impl Auth {
                 return Err(Refusal::Forbidden(format!("origin {origin:?} is not allowed")));
             }
         }
-        let Some((key, validation)) = &self.jwt else { return Ok(None) };
+        let Some(tokens) = &self.tokens else { return Ok(None) };
         let token = bearer(headers)
             .or_else(|| query_param(query?, "token"))
             .ok_or_else(|| Refusal::Unauthorized("a token is required (?token= or Authorization: Bearer)".into()))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map_err(|e| Refusal::Unauthorized(format!("invalid token: {e}")))?;
-        if !is_valid_name(&data.claims.sub) {
-            return Err(Refusal::Unauthorized("token `sub` is not a valid user id".into()));
+        tokens.verify(token).map(Some).map_err(Refusal::Unauthorized)
+    }
+
+    /// Verifies a token presented on an open connection (`refresh`). `Err` in anonymous mode.
+    pub fn verify(&self, token: &str) -> Result<Grant, String> {
+        match &self.tokens {
+            Some(t) => t.verify(token),
+            None => Err("this server assigns anonymous ids and takes no tokens".into()),
         }
-        Ok(Some(data.claims.sub))
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+/// The credentials of an `Authorization: Bearer <credentials>` header (the scheme is
+/// case-insensitive, RFC 7235).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
 /// The raw value of `name` in a query string (tokens need no decoding: base64url and dots).
@@ -94,6 +107,14 @@ mod tests {
         encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     }
 
+    fn hs256(secret: &str) -> Auth {
+        Auth::new(Verifier::new(Some(secret), None, &Rules::default()), None)
+    }
+
+    fn user(r: Result<Option<Grant>, Refusal>) -> Option<String> {
+        r.ok().flatten().map(|g| g.user)
+    }
+
     fn headers(pairs: &[(hyper::header::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -104,21 +125,28 @@ mod tests {
 
     #[test]
     fn anonymous_mode_needs_nothing() {
-        assert_eq!(Auth::new(None, None).check(&HeaderMap::new(), None), Ok(None));
+        let auth = Auth::new(None, None);
+        assert_eq!(auth.check(&HeaderMap::new(), None), Ok(None));
+        assert!(!auth.tokens_required());
+        assert!(auth.verify(&token("k", "alice", 60)).is_err(), "no tokens to refresh");
     }
 
     #[test]
     fn tokens_by_query_or_header() {
-        let auth = Auth::new(Some("k"), None);
+        let auth = hs256("k");
         let t = token("k", "alice", 60);
-        assert_eq!(auth.check(&HeaderMap::new(), Some(&format!("x=1&token={t}"))), Ok(Some("alice".into())));
-        let h = headers(&[(AUTHORIZATION, &format!("Bearer {t}"))]);
-        assert_eq!(auth.check(&h, None), Ok(Some("alice".into())));
+        assert_eq!(user(auth.check(&HeaderMap::new(), Some(&format!("x=1&token={t}")))), Some("alice".into()));
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let h = headers(&[(AUTHORIZATION, &format!("{scheme} {t}"))]);
+            assert_eq!(user(auth.check(&h, None)), Some("alice".into()), "{scheme}");
+        }
+        let h = headers(&[(AUTHORIZATION, &format!("Basic {t}"))]);
+        assert!(matches!(auth.check(&h, None), Err(Refusal::Unauthorized(_))), "not a bearer token");
     }
 
     #[test]
     fn bad_tokens_are_unauthorized() {
-        let auth = Auth::new(Some("k"), None);
+        let auth = hs256("k");
         for q in [
             None,
             Some("token=garbage".to_owned()),
