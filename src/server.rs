@@ -20,9 +20,6 @@ use tracing::{debug, info, warn};
 use crate::backend::chain;
 use crate::node::Node;
 
-/// Slow-loris guard: time allowed to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 ///
 /// While draining, the listener stays open: `/readyz` answers 503 and new WebSocket
@@ -65,6 +62,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
             // there early and the outbox's bounds (slow consumer, 1013) take over.
             let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(unsent);
         }
+        let (head_timeout, head_bytes) = (node.config.header_read_timeout, node.config.max_request_head_bytes);
         let node = node.clone();
         let mut stop = http_stop_rx.clone();
         http_conns.spawn(async move {
@@ -74,7 +72,9 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                // Slow-loris guard, and a bounded head: hyper answers 431 past the buffer.
+                .header_read_timeout(head_timeout)
+                .max_buf_size(head_bytes)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             tokio::pin!(conn);

@@ -293,3 +293,75 @@ async fn api_nodes_lists_this_node() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(started <= now && started > now - 3_600_000, "ms since the epoch: {started}");
 }
+
+/// Reads what the server sends until it ends the connection (EOF or reset), bounded by WAIT.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server ended the connection");
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_bound_gets_431() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start_with(|c| c.max_request_head_bytes = 8192).await;
+    // Just under the bound: served.
+    let r = gw.http("GET", "/ping", &[("X-Pad", &"a".repeat(7000))], "").await;
+    assert_eq!(r.status, 200);
+    // Over it: 431, and the connection ends.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = s.write_all(head.as_bytes()).await;
+    let answer = read_until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert_eq!(gw.http("GET", "/ping", &[], "").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_head_too_slowly_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start_with(|c| c.header_read_timeout = std::time::Duration::from_millis(200)).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // Half a request line, then nothing: the server must not wait forever.
+    s.write_all(b"GET /ping HT").await.unwrap();
+    let answer = read_until_closed(&mut s).await;
+    assert!(!answer.contains("pong"), "{answer:?}");
+    // An idle keep-alive connection ends the same way once its request is answered.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("pong"), "{answer:?}");
+    assert_eq!(gw.http("GET", "/ping", &[], "").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn a_handshake_with_a_malformed_key_gets_400() {
+    let gw = Gateway::start().await;
+    let upgrade = |key: &'static str| {
+        [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", key),
+        ]
+    };
+    for key in ["x", "dGhlIHNhbXBsZSBub25jZQ", "not base64 at all!!!!!==", "dGhlIHNhbXBsZSBub25jZSBhbmQgbW9yZQ=="] {
+        let r = gw.http("GET", "/ws", &upgrade(key), "").await;
+        assert_eq!(r.status, 400, "{key}");
+        assert_eq!(r.json()["error"], "bad_request");
+    }
+    let mut c = gw.client().await;
+    c.request(json!({"type":"ping"}), "p").await;
+}

@@ -96,6 +96,8 @@ async fn broker_metrics_move_across_nodes() {
     assert!(value(&sender, "chatgate_broker_published_total") >= 1.0);
     assert!(value(&sender, "chatgate_broker_frames_per_message_count") >= 1.0);
     assert!(value(&sender, "chatgate_broker_confirm_latency_seconds_count") >= 1.0);
+    // Confirmed and acked: nothing waits in the dispatcher shards.
+    assert_eq!(value(&sender, "chatgate_dispatch_queued"), 0.0);
     let receiver = c.nodes[1].http("GET", "/metrics", &[], "").await.body;
     assert!(value(&receiver, "chatgate_broker_consumed_total") >= 1.0);
 }

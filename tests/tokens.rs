@@ -145,8 +145,9 @@ async fn an_expired_token_closes_the_connection_4001_and_leaves_its_groups() {
     let gw = gateway().await;
     let mut watcher = connect(&gw, &token("watcher", 600, None)).await;
     watcher.join("room").await;
-    // `exp` is whole seconds: this one is 1 to 2 s away (time enough to join first).
-    let mut short = connect(&gw, &token("short", 2, None)).await;
+    // `exp` is whole seconds: this one is 2 to 3 s away (time enough to join first, even
+    // on a loaded machine).
+    let mut short = connect(&gw, &token("short", 3, None)).await;
     short.join("room").await;
     assert_eq!(watcher.presence_of("short").await["event"], "join");
     let (frame, _) = short.until_close().await;
@@ -162,8 +163,8 @@ async fn a_refresh_before_exp_keeps_the_connection() {
     let gw = gateway().await;
     let t = now();
     // Same user; `kept`'s token expires a second before `control`'s, and it refreshes.
-    let mut kept = connect(&gw, &jwt::hs256(&json!({"sub":"alice","exp":t + 2}))).await;
-    let mut control = connect(&gw, &jwt::hs256(&json!({"sub":"alice","exp":t + 3}))).await;
+    let mut kept = connect(&gw, &jwt::hs256(&json!({"sub":"alice","exp":t + 3}))).await;
+    let mut control = connect(&gw, &jwt::hs256(&json!({"sub":"alice","exp":t + 4}))).await;
     let fresh = jwt::hs256(&json!({"sub":"alice","exp":t + 600}));
     assert_eq!(kept.request(json!({"type":"refresh","token":fresh}), "r").await["exp"], t + 600);
     assert_eq!(control.close_code().await, 4001);

@@ -77,6 +77,12 @@ pub struct Config {
     /// Most bytes a connection's socket may hold unsent in the kernel (TCP_NOTSENT_LOWAT); the rest waits in the outbox, whose bounds then apply to a client that stops reading. 0: the kernel's default (megabytes).
     #[arg(long, env = "CHAT_KERNEL_UNSENT_BYTES", value_name = "CHAT_KERNEL_UNSENT_BYTES", default_value = "131072", value_parser = ranged::<u32>(0, 1 << 30))]
     pub kernel_unsent_bytes: u32,
+    /// Time a client has to send a request's head (request line and headers), on a new connection or between keep-alive requests; slower clients are disconnected (slow-loris guard).
+    #[arg(long = "header-read-timeout-ms", env = "CHAT_HEADER_READ_TIMEOUT_MS", value_name = "CHAT_HEADER_READ_TIMEOUT_MS", default_value = "10000", value_parser = millis(100, 600_000))]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; a larger one gets HTTP 431 and the connection is closed.
+    #[arg(long, env = "CHAT_MAX_REQUEST_HEAD_BYTES", value_name = "CHAT_MAX_REQUEST_HEAD_BYTES", default_value = "16384", value_parser = ranged::<usize>(8192, 1 << 20))]
+    pub max_request_head_bytes: usize,
     /// Groups one connection may join.
     #[arg(long = "max-groups-per-conn", env = "CHAT_MAX_GROUPS_PER_CONN", value_name = "CHAT_MAX_GROUPS_PER_CONN", default_value = "1000", value_parser = ranged::<usize>(1, 1_000_000))]
     pub max_groups: usize,
@@ -151,6 +157,9 @@ pub struct ClusterConfig {
     /// Node lease. A node that stops refreshing it is swept by the others within 2 x this.
     #[arg(long = "node-ttl-ms", env = "CHAT_NODE_TTL_MS", value_name = "CHAT_NODE_TTL_MS", default_value = "10000", value_parser = millis(300, 3_600_000))]
     pub node_ttl: Duration,
+    /// Messages each dispatcher shard (one per worker) queues for other nodes. While a shard is full its senders wait (back-pressure); it bounds the memory of cross-node traffic.
+    #[arg(long, env = "CHAT_DISPATCH_QUEUE", value_name = "CHAT_DISPATCH_QUEUE", default_value = "16384", value_parser = ranged::<usize>(16, 1 << 24))]
+    pub dispatch_queue: usize,
     /// During a RabbitMQ outage (down, or up but not confirming), how long a message may wait for it, counted from when it was read, before being answered unavailable.
     #[arg(long = "broker-buffer-ms", env = "CHAT_BROKER_BUFFER_MS", value_name = "CHAT_BROKER_BUFFER_MS", default_value = "5000", value_parser = millis(0, 3_600_000))]
     pub broker_buffer: Duration,

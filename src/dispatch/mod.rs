@@ -160,9 +160,11 @@ impl Dispatch {
         job.ack.answer(Err(BackendError::broker("node shutting down")), job.read_at, &self.metrics);
     }
 
-    /// Jobs queued in all shards, not yet taken by their dispatcher.
-    pub fn queued(&self) -> usize {
-        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum()
+    /// Reads the jobs queued in all shards, not yet taken by their dispatcher (a gauge read
+    /// when scraped). It holds the shards weakly, so it never keeps a dispatcher running.
+    pub fn queue_gauge(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let weak: Box<[_]> = self.shards.iter().map(mpsc::Sender::downgrade).collect();
+        move || weak.iter().filter_map(|w| w.upgrade()).map(|s| s.max_capacity() - s.capacity()).sum()
     }
 
     /// Waits until every job queued so far has been routed (its batches handed to the

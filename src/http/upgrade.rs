@@ -21,8 +21,8 @@ pub enum BadHandshake {
     NotUpgrade,
     /// `Sec-WebSocket-Version` other than 13.
     Version,
-    /// `Sec-WebSocket-Key` missing.
-    MissingKey,
+    /// `Sec-WebSocket-Key` missing, or not the base64 of 16 bytes (§4.2.1 item 5).
+    BadKey,
 }
 
 impl BadHandshake {
@@ -39,7 +39,9 @@ impl BadHandshake {
                 r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
                 r
             }
-            BadHandshake::MissingKey => error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key"),
+            BadHandshake::BadKey => {
+                error(StatusCode::BAD_REQUEST, "bad_request", "Sec-WebSocket-Key must be the base64 of 16 bytes")
+            }
         }
     }
 }
@@ -66,8 +68,19 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<String, BadHandshak
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         return Err(BadHandshake::Version);
     }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(BadHandshake::MissingKey)?;
-    Ok(derive_accept_key(key.as_bytes()))
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes);
+    match key {
+        Some(key) if is_nonce(key) => Ok(derive_accept_key(key)),
+        _ => Err(BadHandshake::BadKey),
+    }
+}
+
+/// A `Sec-WebSocket-Key` is a base64-encoded 16-byte nonce: 22 base64 characters, then
+/// `==`. The last character carries only 2 bits of data and is not checked further (the
+/// accept value is derived from the key's text, so a lenient check costs nothing).
+fn is_nonce(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(b64) && &key[22..] == b"=="
 }
 
 /// A handshake that may go ahead.
@@ -139,4 +152,62 @@ pub(super) async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Resp
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const GOOD: [(&str, &str); 4] = [
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn the_rfc_example_is_accepted() {
+        // RFC 6455 §1.3.
+        assert_eq!(check(&Method::GET, &headers(&GOOD)), Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_owned()));
+    }
+
+    #[test]
+    fn each_check_names_what_is_wrong() {
+        assert_eq!(check(&Method::POST, &headers(&GOOD)), Err(BadHandshake::Method));
+        let with = |name: &str, value: Option<&str>| {
+            let mut pairs: Vec<(&str, &str)> = GOOD.iter().copied().filter(|(k, _)| *k != name).collect();
+            if let Some(v) = value {
+                pairs.push((name, v));
+            }
+            check(&Method::GET, &headers(&pairs))
+        };
+        assert_eq!(with("upgrade", None), Err(BadHandshake::NotUpgrade));
+        assert_eq!(with("upgrade", Some("h2c")), Err(BadHandshake::NotUpgrade));
+        assert_eq!(with("connection", Some("keep-alive")), Err(BadHandshake::NotUpgrade));
+        assert_eq!(with("sec-websocket-version", Some("8")), Err(BadHandshake::Version));
+        assert_eq!(with("sec-websocket-version", None), Err(BadHandshake::Version));
+        for key in [
+            None,
+            Some("x"),
+            Some(""),
+            Some("dGhlIHNhbXBsZSBub25jZQ"),
+            Some("dGhlIHNhbXBsZSBub25jZQ="),
+            Some("dGhlIHNhbXBsZSBub25jZQ==="),
+            Some("dGhlIHNhbXBsZSBub25j*Q=="),
+            Some("dGhlIHNhbXBsZSBub25jZQ=x"),
+            Some("dGhlIHNhbXBsZSBub25jZSBhbmQgbW9yZQ=="),
+        ] {
+            assert_eq!(with("sec-websocket-key", key), Err(BadHandshake::BadKey), "{key:?}");
+        }
+        assert!(with("sec-websocket-key", Some("AAAAAAAAAAAAAAAAAAAAAA==")).is_ok());
+        assert!(with("sec-websocket-key", Some("+/+/+/+/+/+/+/+/+/+/+w==")).is_ok());
+    }
 }

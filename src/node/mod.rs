@@ -42,9 +42,6 @@ use crate::outbox::Congestion;
 use crate::router::Router;
 use crate::tasks::Tasks;
 
-/// Jobs each dispatcher shard queues before senders get `unavailable`.
-const DISPATCH_QUEUE: usize = 16_384;
-
 /// The backends a node runs on, and the metrics they (and the node) record into.
 pub struct Backends {
     pub presence: Arc<dyn Presence>,
@@ -210,7 +207,7 @@ impl Node {
                 backends.presence.clone(),
                 backends.broker.clone(),
                 config.workers,
-                DISPATCH_QUEUE,
+                c.dispatch_queue,
                 Limits {
                     batch_bytes: c.batch_bytes,
                     batch_frames: c.batch_frames,
@@ -231,6 +228,15 @@ impl Node {
             started: started as u64,
         };
         register_gauges(&metrics, &hub, &connections, clock, &congestion);
+        if let Some(dispatch) = &remote {
+            let queued = dispatch.queue_gauge();
+            metrics.register_collector(Box::new(ScrapeGauge {
+                name: "dispatch_queued",
+                help: "Messages queued for other nodes in the dispatcher shards, not yet taken (bound: CHAT_DISPATCH_QUEUE per shard)",
+                unit: None,
+                value: Box::new(move || queued() as i64),
+            }));
+        }
         Arc::new(Node {
             auth: crate::auth::Auth::from_config(&config),
             expiry: Arc::new(Expiry::new(config.jwt_leeway)),
