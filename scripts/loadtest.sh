@@ -14,6 +14,10 @@
 #   --no-build       use the existing target/release binaries
 #   --debug          use target/debug binaries (as `cargo test` leaves them; no build)
 #   --out FILE       where to keep the tool's JSON report (default target/loadtest/last.json)
+#   --relay          run the bare tokio-tungstenite relay (examples/relay.rs) instead of
+#                    chatgate: the baseline for overload figures (one node, no cluster)
+#   --scrape         GET /metrics from every gateway once a second while the tool runs
+#                    (the metrics' own cost: compare with and without)
 # Gateways get CHAT_RATE_LIMIT/CHAT_RATE_BURST=1000000 (a load tool exceeds the 100/s
 # default); any CHAT_* variable in the environment is passed through.
 #
@@ -21,10 +25,16 @@
 #   scripts/loadtest.sh -- fanout --conns 1000 --rate max --duration 10
 #   scripts/loadtest.sh -- direct --conns 2000 --rate 10000
 #   scripts/loadtest.sh --nodes 2 -- direct --conns 2000 --rate 10000
+# Overload (open loop, offered rate far above what one core delivers), chatgate and the
+# bare relay in turn:
+#   scripts/loadtest.sh -- fanout --conns 1000 --senders 10 --rate 4000 --duration 10
+#   scripts/loadtest.sh --relay -- fanout --conns 1000 --senders 10 --rate 4000 --duration 10
+#   scripts/loadtest.sh --nodes 2 -- direct --conns 2000 --rate 100000 --duration 10
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=target/loadtest/last.json profile=release
+nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=${CARGO_TARGET_DIR:-target}/loadtest/last.json profile=release
+relay=0 scrape=0
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -34,15 +44,21 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --debug) build=0; profile=debug; shift ;;
     --out) out=$2; shift 2 ;;
+    --relay) relay=1; shift ;;
+    --scrape) scrape=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ $# -gt 0 ] || { echo "give a chatgate-load scenario after --" >&2; exit 2; }
 [ "$nodes" -gt 1 ] && cluster=1
+if [ $relay = 1 ] && { [ $cluster = 1 ] || [ $scrape = 1 ]; }; then
+  echo "--relay is one process without cluster mode or metrics" >&2; exit 2
+fi
 
 [ $build = 1 ] && cargo build --release --quiet --bin chatgate --bin chatgate-load
+[ $build = 1 ] && [ $relay = 1 ] && cargo build --release --quiet --example relay
 bin=${CARGO_TARGET_DIR:-target}/$profile
 mkdir -p "$(dirname "$out")"
 logs=$(dirname "$out")
@@ -67,14 +83,23 @@ for i in $(seq 1 "$nodes"); do
     envs+=(CHAT_CLUSTER="$name" REDIS_ADDR="${REDIS_ADDR:-127.0.0.1:6379}"
            RABBIT_MQ_URL="${RABBIT_MQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}")
   fi
-  env "${envs[@]}" taskset -c "$gw_cpus" "$bin/chatgate" >"$logs/gateway-$i.log" 2>&1 &
+  if [ $relay = 1 ]; then
+    taskset -c "$gw_cpus" "$bin/examples/relay" "127.0.0.1:$port" >"$logs/gateway-$i.log" 2>&1 &
+  else
+    env "${envs[@]}" taskset -c "$gw_cpus" "$bin/chatgate" >"$logs/gateway-$i.log" 2>&1 &
+  fi
   pids+=($!)
   urls+=(--url "ws://127.0.0.1:$port/ws")
 done
 for i in $(seq 1 "$nodes"); do
   port=$((base + i - 1))
-  for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "gateway $i not ready; see $logs/gateway-$i.log" >&2; exit 1; }
+  if [ $relay = 1 ]; then
+    ready() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+  else
+    ready() { curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; }
+  fi
+  for _ in $(seq 1 300); do ready && break; sleep 0.1; done
+  ready || { echo "gateway $i not ready; see $logs/gateway-$i.log" >&2; exit 1; }
 done
 
 watch=$(IFS=,; echo "${pids[*]}")
@@ -86,10 +111,17 @@ if [ $cluster = 1 ]; then
 fi
 echo "== $nodes gateway(s) on CPU $gw_cpus ($servers); load tool on CPU $tool_cpus" >&2
 
+if [ $scrape = 1 ]; then
+  ( while sleep 1; do
+      for i in $(seq 1 "$nodes"); do curl -fs "http://127.0.0.1:$((base + i - 1))/metrics" >/dev/null || true; done
+    done ) &
+  scraper=$!
+fi
 set +e
 taskset -c "$tool_cpus" "$bin/chatgate-load" "$@" "${urls[@]}" --watch-pid "$watch" --json >"$out"
 status=$?
 set -e
+[ $scrape = 1 ] && kill "$scraper" 2>/dev/null
 
 python3 - "$out" <<'PY'
 import json, sys
