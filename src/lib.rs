@@ -13,7 +13,6 @@
 //! |---|---|
 //! | [`server`] | accept loop, hyper http1 connections, graceful shutdown |
 //! | [`http`] | plain HTTP endpoints (`api`), the WebSocket handshake (`upgrade`), the web chat page (`page`) |
-//! | [`auth`] | handshake checks: allowed origins; JWT keys, algorithms and claims; the `groups` claim |
 //! | [`session`] | one WebSocket connection: read loop, requests, token access and `refresh`, rate limit, close |
 //! | [`writer`] | one connection's writer task: drain the outbox, `writev`, close |
 //! | [`node`] | a node's parts and life cycle (`start`, drain, `release`); heartbeat, token expiry and presence upkeep loops |
@@ -21,14 +20,15 @@
 //! | [`dispatch`] | dispatcher shards: presence lookups, per-node batches, confirm windows; the inter-node batch codec |
 //! | [`delivery`] | `Target` (a user or a group), who gets the ack, and the ack rule |
 //! | [`hub`] | sharded registry of this node's connections by user and group |
-//! | [`outbox`] | bounded per-connection frame queue; slow-consumer detection |
 //! | [`backend`] | `Presence` and `Broker` traits; in-memory, Redis and RabbitMQ implementations; the reconnect policy |
+//! | [`outbox`] | bounded per-connection frame queue; slow-consumer detection |
 //! | [`tasks`] | the tracker and stop signal every background task runs under |
 //! | [`metrics`] | Prometheus metrics: pre-resolved atomics, a lock-free histogram, scrape-time gauges |
-//! | [`protocol`] | the wire contract: pure parse, encode-once frames, WebSocket framing |
+//! | [`auth`] | handshake checks: allowed origins; JWT keys, algorithms and claims; the `groups` claim |
 //! | [`ratelimit`] | per-connection token bucket |
-//! | [`config`] | settings (clap: flags and environment), validated once |
 //! | [`logging`] | tracing subscriber set-up |
+//! | [`config`] | settings (clap: flags and environment), validated once |
+//! | [`protocol`] | the wire contract: pure parse, encode-once frames, WebSocket framing |
 #![forbid(unsafe_code)]
 
 pub mod auth;
