@@ -16,6 +16,8 @@
 #   --out FILE       where to keep the tool's JSON report (default target/loadtest/last.json)
 #   --relay          run the bare tokio-tungstenite relay (examples/relay.rs) instead of
 #                    chatgate: the baseline for overload figures (one node, no cluster)
+#   --gateway PATH   run this chatgate binary instead of target/<profile>/chatgate (an
+#                    older build, for before/after figures from one session)
 #   --scrape         GET /metrics from every gateway once a second while the tool runs
 #                    (the metrics' own cost: compare with and without)
 # Gateways get CHAT_RATE_LIMIT/CHAT_RATE_BURST=1000000 (a load tool exceeds the 100/s
@@ -34,7 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 nodes=1 cluster=0 gw_cpus=0 tool_cpus=1 build=1 out=${CARGO_TARGET_DIR:-target}/loadtest/last.json profile=release
-relay=0 scrape=0
+relay=0 scrape=0 gateway=
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) nodes=$2; shift 2 ;;
@@ -46,8 +48,9 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --relay) relay=1; shift ;;
     --scrape) scrape=1; shift ;;
+    --gateway) gateway=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +63,7 @@ fi
 [ $build = 1 ] && cargo build --release --quiet --bin chatgate --bin chatgate-load
 [ $build = 1 ] && [ $relay = 1 ] && cargo build --release --quiet --example relay
 bin=${CARGO_TARGET_DIR:-target}/$profile
+gateway=${gateway:-$bin/chatgate}
 mkdir -p "$(dirname "$out")"
 logs=$(dirname "$out")
 base=${CHAT_BASE_PORT:-9401}
@@ -86,7 +90,7 @@ for i in $(seq 1 "$nodes"); do
   if [ $relay = 1 ]; then
     taskset -c "$gw_cpus" "$bin/examples/relay" "127.0.0.1:$port" >"$logs/gateway-$i.log" 2>&1 &
   else
-    env "${envs[@]}" taskset -c "$gw_cpus" "$bin/chatgate" >"$logs/gateway-$i.log" 2>&1 &
+    env "${envs[@]}" taskset -c "$gw_cpus" "$gateway" >"$logs/gateway-$i.log" 2>&1 &
   fi
   pids+=($!)
   urls+=(--url "ws://127.0.0.1:$port/ws")
