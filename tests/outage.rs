@@ -184,16 +184,30 @@ async fn private_servers_pause_kill_and_restart_as_documented() {
     rabbit.kill9();
     assert!(!port_open(rabbit.port()).await, "a killed broker refuses connections");
     rabbit.restart().await;
-    let conn = Connection::connect(&rabbit.amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let url = rabbit.amqp_url();
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
     // RabbitMQ recovers queues after it takes connections; on a loaded machine that can be
-    // seconds later.
+    // seconds later. A failed passive declare closes its channel (one channel per try), and
+    // lapin may report that close on the connection's next channel: then a fresh connection.
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
+    let conn = tokio::sync::Mutex::new(conn);
     eventually_within("the durable queue is recovered", Duration::from_secs(60), || async {
-        // A failed passive declare closes its channel: one channel per try.
-        let ch = conn.create_channel().await.unwrap();
+        // A try every 100 ms: a booting broker is not hurried by being asked more often.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut conn = conn.lock().await;
+        let ch = match conn.create_channel().await {
+            Ok(ch) => ch,
+            Err(_) => {
+                if let Ok(fresh) = Connection::connect(&url, ConnectionProperties::default()).await {
+                    *conn = fresh;
+                }
+                return false;
+            }
+        };
         ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok()
     })
     .await;
+    let conn = conn.into_inner();
     let ch = conn.create_channel().await.unwrap();
     let got = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
     assert_eq!(got.map(|m| m.delivery.data), Some(b"kept".to_vec()), "the persistent message survived");

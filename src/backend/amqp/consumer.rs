@@ -94,6 +94,26 @@ async fn consume_once(shared: &Shared, inbox: &Inbox, first: bool) -> lapin::Res
         cfg.metrics.broker.reconnected(crate::metrics::Link::Consume);
     }
     shared.consumer_up.store(true, Ordering::Relaxed);
+    // lapin does not always end a consumer's stream (or an ack under way) when the
+    // connection dies under it: watch the channel too, as the publisher does.
+    let pump = pump(&mut consumer, inbox);
+    tokio::pin!(pump);
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            res = &mut pump => return res,
+            _ = check.tick() => {
+                if !ch.status().connected() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// Hands every delivery to the inbox and acknowledges in batches. `Ok(false)`: the stream
+/// ended.
+async fn pump(consumer: &mut lapin::Consumer, inbox: &Inbox) -> lapin::Result<bool> {
     let mut unacked = None;
     let mut count = 0u32;
     loop {
