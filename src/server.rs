@@ -66,7 +66,8 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         let node = node.clone();
         let mut stop = http_stop_rx.clone();
         http_conns.spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(crate::http::Peer(peer));
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(crate::http::handle(req, node).await) }
             });

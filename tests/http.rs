@@ -365,3 +365,62 @@ async fn a_handshake_with_a_malformed_key_gets_400() {
     let mut c = gw.client().await;
     c.request(json!({"type":"ping"}), "p").await;
 }
+
+/// A WebSocket upgrade that claims to be forwarded for `xff` (or not); the HTTP status of
+/// a refusal, or the open socket.
+async fn connect_as(
+    gw: &Gateway,
+    xff: Option<&str>,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = gw.url().into_client_request().unwrap();
+    if let Some(v) = xff {
+        req.headers_mut().insert("X-Forwarded-For", v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(other) => panic!("expected a WebSocket or an HTTP refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_and_freed() {
+    let gw = Gateway::start_with(|c| c.max_connections_per_ip = 2).await;
+    let a = connect_as(&gw, None).await.unwrap();
+    // Not from a trusted proxy: the header is ignored, it is still 127.0.0.1.
+    let _b = connect_as(&gw, Some("198.51.100.7")).await.unwrap();
+    assert_eq!(connect_as(&gw, None).await.unwrap_err(), 503);
+    assert_eq!(gw.node.metrics.refused_with("per_ip"), 1);
+    drop(a);
+    eventually("the slot is given back", || async { connect_as(&gw, None).await.is_ok() }).await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client() {
+    let gw = Gateway::start_with(|c| {
+        c.max_connections_per_ip = 1;
+        c.trusted_proxies = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    let _a = connect_as(&gw, Some("198.51.100.7")).await.unwrap();
+    let _b = connect_as(&gw, Some("198.51.100.8")).await.unwrap();
+    // A client cannot get past the cap by prepending addresses: the proxy's entry counts.
+    assert_eq!(connect_as(&gw, Some("203.0.113.1, 198.51.100.7")).await.unwrap_err(), 503);
+    let _c = connect_as(&gw, None).await.unwrap();
+    assert_eq!(connect_as(&gw, None).await.unwrap_err(), 503, "the proxy itself, once");
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped() {
+    let gw = Gateway::start_with(|c| c.max_handshakes = 1).await;
+    // One handshake under way (taken as a slow one would hold it).
+    let held = gw.node.gate.handshake().unwrap();
+    assert_eq!(gw.node.gate.handshakes(), 1);
+    assert_eq!(connect_as(&gw, None).await.unwrap_err(), 503);
+    assert_eq!(gw.node.metrics.refused_with("handshakes"), 1);
+    drop(held);
+    let mut c = gw.client().await;
+    c.request(json!({"type":"ping"}), "p").await;
+    assert_eq!(gw.node.gate.handshakes(), 0, "a finished handshake gives its place back");
+}

@@ -71,6 +71,15 @@ pub struct Config {
     /// WebSocket connections per node; more get HTTP 503.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", default_value = "100000", value_parser = ranged::<usize>(1, 10_000_000))]
     pub max_connections: usize,
+    /// WebSocket connections per client address (0: no cap); more get HTTP 503. The address is the peer's, or what a trusted proxy says (CHAT_TRUSTED_PROXIES).
+    #[arg(long = "max-connections-per-ip", env = "CHAT_MAX_CONNECTIONS_PER_IP", value_name = "CHAT_MAX_CONNECTIONS_PER_IP", default_value = "0", value_parser = ranged::<usize>(0, 10_000_000))]
+    pub max_connections_per_ip: usize,
+    /// Comma list of proxy addresses or networks (10.0.0.0/8, ::1) whose X-Forwarded-For names the client; from anyone else the header is ignored. Unset: none.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_name = "CHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse::net)]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// WebSocket handshakes in progress at once (token check, id allocation, presence registration); more get HTTP 503.
+    #[arg(long, env = "CHAT_MAX_HANDSHAKES", value_name = "CHAT_MAX_HANDSHAKES", default_value = "1024", value_parser = ranged::<usize>(1, 1_000_000))]
+    pub max_handshakes: usize,
     /// Bytes read from a client's socket at a time; the read buffer every connection holds, idle or not (a larger frame is read in several reads).
     #[arg(long, env = "CHAT_READ_BUFFER_BYTES", value_name = "CHAT_READ_BUFFER_BYTES", default_value = "4096", value_parser = ranged::<usize>(256, 1 << 20))]
     pub read_buffer_bytes: usize,

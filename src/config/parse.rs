@@ -22,6 +22,14 @@ pub fn listen(s: &str) -> Result<SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("{s} resolves to no address (want host:port)"))
 }
 
+/// A network (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
+pub fn net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or network (10.0.0.0/8, ::1)"))
+}
+
 /// A number in `lo..=hi`.
 pub fn ranged<T>(lo: T, hi: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where

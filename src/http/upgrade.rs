@@ -1,5 +1,6 @@
 //! The WebSocket handshake (RFC 6455 §4.2): checks, identity, admission, then the upgrade.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -7,10 +8,10 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::{Body, error, unavailable};
+use super::{Body, Peer, error, unavailable};
 use crate::auth::Refusal;
 use crate::metrics::Refused;
-use crate::node::{Admission, Identity, Node};
+use crate::node::{Admission, Full, Handshake, Identity, Node};
 
 /// Why a request is not a WebSocket handshake this server takes (RFC 6455 §4.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +89,13 @@ struct Admitted {
     accept: String,
     identity: Identity,
     slot: Admission,
+    /// Held until the session is set up (presence registered).
+    handshake: Handshake,
 }
 
 /// Everything that can refuse a handshake, in order of cost: protocol checks, origin and
-/// token (no backend round trip for a refused client), draining, readiness, the connection
-/// cap, and the anonymous id.
+/// token (no backend round trip for a refused client), draining, readiness, the handshake,
+/// node and per-address caps, and the anonymous id.
 async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refused, Response<Body>)> {
     let accept = check(req.method(), req.headers()).map_err(|e| (Refused::BadRequest, e.response()))?;
     let grant = match node.auth.check(req.headers(), req.uri().query()) {
@@ -109,7 +112,15 @@ async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refuse
     if !node.is_ready() {
         return Err(unavailable_because(Refused::Unavailable, "a backend is unreachable"));
     }
-    let slot = node.admit().ok_or_else(|| unavailable_because(Refused::Limit, "connection limit reached"))?;
+    let handshake = node
+        .gate
+        .handshake()
+        .map_err(|_| unavailable_because(Refused::Handshakes, "too many handshakes in progress"))?;
+    let peer = req.extensions().get::<Peer>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    let slot = node.gate.admit(node.gate.client_ip(peer, req.headers())).map_err(|full| match full {
+        Full::PerIp => unavailable_because(Refused::PerIp, "too many connections from this address"),
+        Full::Connections | Full::Handshakes => unavailable_because(Refused::Limit, "connection limit reached"),
+    })?;
     let identity = match grant {
         Some(grant) => Identity::User(grant),
         None => match node.presence.allocate_id().await {
@@ -117,13 +128,13 @@ async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refuse
             Err(e) => return Err((Refused::Unavailable, unavailable(&e))),
         },
     };
-    Ok(Admitted { accept, identity, slot })
+    Ok(Admitted { accept, identity, slot, handshake })
 }
 
 /// RFC 6455 §4.2 server handshake. On success the connection is handed to a session task
 /// once hyper releases the socket.
 pub(super) async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
-    let Admitted { accept, identity, slot } = match admit(&req, &node).await {
+    let Admitted { accept, identity, slot, handshake } = match admit(&req, &node).await {
         Ok(a) => a,
         Err((why, response)) => {
             node.metrics.refused(why);
@@ -135,7 +146,7 @@ pub(super) async fn upgrade(mut req: Request<Incoming>, node: Arc<Node>) -> Resp
     let session_node = node.clone();
     node.sessions.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::session::run(session_node, upgraded, identity, slot).await,
+            Ok(upgraded) => crate::session::run(session_node, upgraded, identity, slot, handshake).await,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 session_node.release_identity(&identity).await;

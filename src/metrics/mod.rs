@@ -56,9 +56,12 @@ pub enum Refused {
     Unauthorized,
     Forbidden,
     BadRequest,
+    PerIp,
+    Handshakes,
 }
 
-const REFUSED: [&str; 6] = ["limit", "draining", "unavailable", "unauthorized", "forbidden", "bad_request"];
+const REFUSED: [&str; 8] =
+    ["limit", "draining", "unavailable", "unauthorized", "forbidden", "bad_request", "per_ip", "handshakes"];
 
 /// What a client frame was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +148,7 @@ impl PresenceMetrics {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub accepted: Counter,
-    refused: Labelled<6>,
+    refused: Labelled<8>,
     disconnects: Labelled<14>,
     frames: Labelled<10>,
     /// Frames pushed to client connections (one per recipient).
@@ -321,6 +324,11 @@ impl Metrics {
     /// Connections that ended with `code` (for tests and the dashboard check).
     pub fn disconnects_with(&self, code: u16) -> u64 {
         CLOSE_CODES.iter().position(|&c| c == code).map_or(0, |i| self.disconnects.get(i))
+    }
+
+    /// Handshakes refused for `reason` (a `chatgate_refused_total` label) so far.
+    pub fn refused_with(&self, reason: &str) -> u64 {
+        REFUSED.iter().position(|&r| r == reason).map_or(0, |i| self.refused.get(i))
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`Node::release`] then hands what is queued to the broker, removes the node's presence,
 //! closes the broker and waits for every background task to end.
 
+mod admission;
 mod expiry;
 mod heartbeat;
 mod upkeep;
@@ -17,6 +18,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+pub use admission::{Admission, Full, Gate, Handshake};
 pub use expiry::{Deadline, Expiry};
 pub use heartbeat::Clock;
 
@@ -149,16 +151,6 @@ impl Stats {
     }
 }
 
-/// A reserved connection slot; released on drop.
-#[derive(Debug)]
-pub struct Admission(Arc<AtomicUsize>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A node of the chat cluster (or the whole chat server, embedded).
 pub struct Node {
     pub config: Config,
@@ -177,6 +169,8 @@ pub struct Node {
     /// Fan-in control: set while outboxes lag behind their (runnable) writers.
     pub congestion: Arc<Congestion>,
     next_conn: AtomicU64,
+    /// The handshake caps: connections per node and per client address, handshakes.
+    pub gate: Gate,
     connections: Arc<AtomicUsize>,
     started: AtomicBool,
     /// Cancelled when shutdown begins: the loops that must not outlive the node's presence
@@ -250,6 +244,13 @@ impl Node {
             stats,
             congestion,
             next_conn: AtomicU64::new(1),
+            gate: Gate::new(
+                connections.clone(),
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.max_handshakes,
+                config.trusted_proxies.clone().unwrap_or_default(),
+            ),
             connections,
             started: AtomicBool::new(false),
             draining: CancellationToken::new(),
@@ -295,13 +296,6 @@ impl Node {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Reserves a connection slot, or `None` at `CHAT_MAX_CONNECTIONS`.
-    pub fn admit(&self) -> Option<Admission> {
-        let n = self.connections.fetch_add(1, Ordering::Relaxed);
-        let slot = Admission(self.connections.clone());
-        (n < self.config.max_connections).then_some(slot)
     }
 
     /// WebSocket connections open (or being opened) on this node.

@@ -84,14 +84,15 @@ mod tests {
     /// Every idle connection holds one `serve` future, so token state must not grow it: the
     /// access is one boxed pointer in the session, a refresh is boxed when it runs, and expiry
     /// is the node's map, not a timer here. 1,560 bytes in a debug build with and without
-    /// tokens (measured when they were added); the bound leaves a little room.
+    /// tokens when they were added; 1,608 since the session holds its connection slot with
+    /// its client address's share (16 bytes). The bound leaves a little room.
     #[test]
     fn token_state_keeps_the_session_future_small() {
-        fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+        fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let serve = future_size(super::super::serve);
-        assert!(serve <= 1600, "the serve future grew to {serve} bytes");
+        assert!(serve <= 1640, "the serve future grew to {serve} bytes");
         assert_eq!(std::mem::size_of::<Option<Box<super::Access>>>(), 8);
     }
 }

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use crate::backend::chain;
 use crate::hub::Conn;
 use crate::metrics::FrameKind;
-use crate::node::{Admission, Identity, Node};
+use crate::node::{Admission, Handshake, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{ErrorCode, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -48,7 +48,13 @@ enum End {
 }
 
 /// Serves one upgraded connection to the end.
-pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity, _slot: Admission) {
+pub(crate) async fn run(
+    node: Arc<Node>,
+    upgraded: Upgraded,
+    identity: Identity,
+    _slot: Admission,
+    handshake: Handshake,
+) {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -122,16 +128,18 @@ pub(crate) async fn run(node: Arc<Node>, upgraded: Upgraded, identity: Identity,
         access,
         seq: 0,
         stream,
+        _slot,
     };
+    drop(handshake);
     // The connection's long life runs in a task of its own: this one, with all the set-up
     // state above, ends now instead of sitting in every idle connection's memory.
-    node.sessions.spawn(serve(session, writer, _slot));
+    node.sessions.spawn(serve(session, writer));
 }
 
 /// The established connection: read until it ends, then clean up and close in order.
 /// Every byte of this future is held by every idle connection, so the end of life is boxed
 /// and only allocated when it comes.
-async fn serve(mut session: Session, writer: tokio::task::JoinHandle<Finish>, _slot: Admission) {
+async fn serve(mut session: Session, writer: tokio::task::JoinHandle<Finish>) {
     let end = session.read_loop().await;
     Box::pin(session.finish(end, writer)).await;
 }
@@ -157,6 +165,8 @@ struct Session {
     /// Per-connection message sequence, part of each `mid`.
     seq: u64,
     stream: WebSocketStream<Duplex>,
+    /// The connection slot, given back when the session (its `finish` included) ends.
+    _slot: Admission,
 }
 
 impl Session {
