@@ -251,8 +251,13 @@ impl RawClient {
 
     /// Sends a masked client frame.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        self.send_raw(0x80 | opcode, payload).await
+    }
+
+    /// Sends a masked frame whose first byte (FIN, RSV1-3, opcode) is `first` as given.
+    pub async fn send_raw(&mut self, first: u8, payload: &[u8]) {
         let mask = [1u8, 2, 3, 4];
-        let mut out = vec![0x80 | opcode];
+        let mut out = vec![first];
         match payload.len() {
             n if n < 126 => out.push(0x80 | n as u8),
             n if n <= 65535 => {
