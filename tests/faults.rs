@@ -38,6 +38,15 @@ async fn cluster(svc: &Services, nodes: usize) -> TestCluster {
     TestCluster::start(svc, nodes, &env).await
 }
 
+/// The sum of every series of metric `name` a node exposes (0 when it has none yet).
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = http(addr, "GET", "/metrics", &[], "").await.body;
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The contract's promises for clients that stayed connected.
 fn assert_kept_promises(what: &str, report: &Report) {
     eprintln!("---- {what}\n{report}");
@@ -89,6 +98,10 @@ async fn broker_killed_and_restarted() {
         })
         .await;
         rabbit.restart().await;
+        eventually("the reconnects are counted", || async {
+            metric(n0, "chatgate_broker_reconnects_total").await > 0.0
+        })
+        .await;
         (c, traffic, rabbit)
     })
     .await;
@@ -98,6 +111,11 @@ async fn broker_killed_and_restarted() {
 async fn broker_stopped_longer_than_the_bound() {
     through_a_broker_fault("RabbitMQ stop_app for longer than the bound", |c, traffic, rabbit| async move {
         rabbit.app_stop().await;
+        let n0 = c.nodes[0].addr;
+        eventually("messages wait in the outage buffer", || async {
+            metric(n0, "chatgate_broker_buffer_bytes").await > 0.0
+        })
+        .await;
         // Outlast the bound: messages sent now cannot wait for the broker.
         let into = traffic.sent() + u64::from(RATE) * (BOUND_MS + 2000) / 1000;
         eventually("traffic sent for longer than the bound", || async { traffic.sent() >= into }).await;
@@ -152,6 +170,9 @@ async fn redis_killed_and_restarted_empty() {
     eventually("traffic flows after recovery", || async { traffic.delivered_since(recovered) >= 100 }).await;
     let report = traffic.finish(BOUND * 3).await;
     assert_kept_promises("Redis kill -9, restarted empty", &report);
+    assert!(
+        metric(n0, "chatgate_presence_resyncs_total").await + metric(n1, "chatgate_presence_resyncs_total").await > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,4 +201,7 @@ async fn a_gateway_killed_under_traffic() {
     assert!(late.is_empty(), "answered later than the bound plus 1 s: {late:?}");
     assert!(to_dead.errors.keys().all(|c| c == "unavailable"), "{to_dead}");
     assert_eq!(to_dead.duplicates, 0);
+    let swept = metric(c.nodes[0].addr, "chatgate_presence_nodes_swept_total").await
+        + metric(c.nodes[1].addr, "chatgate_presence_nodes_swept_total").await;
+    assert_eq!(swept, 1.0, "one survivor swept the dead node");
 }
