@@ -179,3 +179,30 @@ async fn api_nodes_lists_every_live_node() {
     })
     .await;
 }
+
+/// The life cycle: building a node spawns nothing, `start` spawns every loop into one
+/// tracker, `release` ends them all.
+#[tokio::test]
+async fn building_a_node_spawns_nothing_and_release_ends_every_task() {
+    use chatgate::backend::memory::{MemoryCluster, MemoryNetwork};
+    use chatgate::{Backends, Config, Node};
+    let cluster = MemoryCluster::with_lease(LEASE);
+    let network = MemoryNetwork::new();
+    let mut config = Config::for_tests();
+    config.node_id = "solo-life".into();
+    let backends = Backends::in_process(&cluster, &network, &config.node_id);
+    let node = Node::new(config, backends);
+    // Yield a few times: anything spawned by the constructors would have run by now.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(node.background_tasks(), 0, "the constructors spawned nothing");
+    assert!(!network.has_queue("solo-life"), "nor declared the node's queue");
+    node.start();
+    assert!(node.background_tasks() > 0, "start spawned the loops");
+    eventually("the consumer declared its queue", || async { network.has_queue("solo-life") }).await;
+    // As the server does at shutdown: drain (the heartbeat and upkeep loops end), release.
+    node.begin_shutdown();
+    tokio::time::timeout(WAIT, node.release()).await.expect("release in time").unwrap();
+    assert_eq!(node.background_tasks(), 0, "release awaited every loop");
+}

@@ -335,7 +335,8 @@ impl Node {
 
     /// Releases what this node holds, in order: routes what is still queued for other
     /// nodes, removes this node's presence, closes the broker; then stops every background
-    /// loop and waits for them.
+    /// loop and waits for them. Call it after [`begin_shutdown`](Self::begin_shutdown): the
+    /// heartbeat and presence upkeep loops end on the drain signal, and this waits for them.
     pub async fn release(&self) -> Result<(), BackendError> {
         self.router.flush().await;
         let res = self.presence.release_node().await;
