@@ -53,17 +53,7 @@ async fn secret_and_public_key_together_with_issuer_audience_and_leeway() {
     })
     .await;
     let t = now();
-    let claims = |extra: Value| {
-        let mut c = json!({"sub":"alice","exp":t + 60,"iss":"auth.example","aud":"chat"});
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
-    };
+    let claims = |extra: Value| jwt::claims_at(t, extra);
     let good = jwt::hs256(&claims(json!({})));
     assert_eq!(accepted(&gw, "HS256", &good).await.user, "alice");
     assert_eq!(accepted(&gw, "RS256", &jwt::rsa(Algorithm::RS256, &claims(json!({"sub":"bob"})))).await.user, "bob");

@@ -46,17 +46,7 @@ fn cases() -> Vec<Case> {
     let deep = format!(r#"{{"type":"once","to":"1","content":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
     let long_name = "n".repeat(129);
     let t = now();
-    let claims = |extra: Value| {
-        let mut c = json!({"sub":"alice","exp":t + 60,"iss":"auth.example","aud":"chat"});
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
-    };
+    let claims = |extra: Value| jwt::claims_at(t, extra);
     let good = jwt::hs256(&claims(json!({})));
     vec![
         // Frames: bad_request and the connection stays (PROTOCOL.md, "Frames").
