@@ -10,6 +10,9 @@ mod api;
 pub mod page;
 mod upgrade;
 
+/// The pure RFC 6455 handshake checks (unit-tested, fuzzed: `fuzz/`).
+pub use upgrade::{BadHandshake, check as check_handshake};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
