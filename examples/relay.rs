@@ -162,8 +162,12 @@ fn main() -> std::io::Result<()> {
         let stats = relay.clone();
         let accept = async {
             loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(relay.clone(), stream));
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(relay.clone(), stream));
+                    }
+                    // EMFILE and friends: back off as chatgate does, instead of spinning.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
                 }
             }
         };

@@ -69,7 +69,9 @@ logs=$(dirname "$out")
 base=${CHAT_BASE_PORT:-9401}
 name="lt$$"
 pids=() urls=()
+scraper=
 cleanup() {
+  if [ -n "$scraper" ]; then pkill -P "$scraper" 2>/dev/null || true; kill "$scraper" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -125,7 +127,7 @@ set +e
 taskset -c "$tool_cpus" "$bin/chatgate-load" "$@" "${urls[@]}" --watch-pid "$watch" --json >"$out"
 status=$?
 set -e
-[ $scrape = 1 ] && kill "$scraper" 2>/dev/null
+if [ -n "$scraper" ]; then pkill -P "$scraper" 2>/dev/null || true; kill "$scraper" 2>/dev/null || true; scraper=; fi
 
 python3 - "$out" <<'PY'
 import json, sys

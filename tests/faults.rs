@@ -98,7 +98,7 @@ async fn broker_killed_and_restarted() {
         })
         .await;
         rabbit.restart().await;
-        eventually("the reconnects are counted", || async {
+        eventually_within("the reconnects are counted", Duration::from_secs(60), || async {
             metric(n0, "chatgate_broker_reconnects_total").await > 0.0
         })
         .await;

@@ -191,12 +191,11 @@ async fn building_a_node_spawns_nothing_and_release_ends_every_task() {
     let mut config = Config::for_tests();
     config.node_id = "solo-life".into();
     let backends = Backends::in_process(&cluster, &network, &config.node_id);
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let alive = runtime.num_alive_tasks();
     let node = Node::new(config, backends);
-    // Yield a few times: anything spawned by the constructors would have run by now.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(node.background_tasks(), 0, "the constructors spawned nothing");
+    assert_eq!(runtime.num_alive_tasks(), alive, "the constructors spawned no task");
+    assert_eq!(node.background_tasks(), 0);
     assert!(!network.has_queue("solo-life"), "nor declared the node's queue");
     node.start();
     assert!(node.background_tasks() > 0, "start spawned the loops");

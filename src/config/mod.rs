@@ -71,7 +71,7 @@ pub struct Config {
     /// WebSocket connections per node; more get HTTP 503.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_name = "CHAT_MAX_CONNECTIONS", default_value = "100000", value_parser = ranged::<usize>(1, 10_000_000))]
     pub max_connections: usize,
-    /// WebSocket connections per client address (0: no cap); more get HTTP 503. The address is the peer's, or what a trusted proxy says (CHAT_TRUSTED_PROXIES).
+    /// WebSocket connections per client address, an IPv6 client counted by its /64 (0: no cap); more get HTTP 503. The address is the peer's, or what a trusted proxy says (CHAT_TRUSTED_PROXIES).
     #[arg(long = "max-connections-per-ip", env = "CHAT_MAX_CONNECTIONS_PER_IP", value_name = "CHAT_MAX_CONNECTIONS_PER_IP", default_value = "0", value_parser = ranged::<usize>(0, 10_000_000))]
     pub max_connections_per_ip: usize,
     /// Comma list of proxy addresses or networks (10.0.0.0/8, ::1) whose X-Forwarded-For names the client; from anyone else the header is ignored. Unset: none.

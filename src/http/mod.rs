@@ -26,11 +26,11 @@ use crate::node::Node;
 
 pub type Body = Full<Bytes>;
 
-/// Routes one request.
 /// The address a request came from (the TCP peer), set by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
+/// Routes one request.
 pub async fn handle(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     let path = req.uri().path();
     if path == "/api" || path.starts_with("/api/") {

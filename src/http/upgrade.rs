@@ -93,11 +93,17 @@ struct Admitted {
     handshake: Handshake,
 }
 
-/// Everything that can refuse a handshake, in order of cost: protocol checks, origin and
-/// token (no backend round trip for a refused client), draining, readiness, the handshake,
-/// node and per-address caps, and the anonymous id.
+/// Everything that can refuse a handshake, in order of cost: protocol checks, the cap on
+/// handshakes under way (before any signature is verified), origin and token (no backend
+/// round trip for a refused client), draining, readiness, the node and per-address caps,
+/// and the anonymous id.
 async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refused, Response<Body>)> {
     let accept = check(req.method(), req.headers()).map_err(|e| (Refused::BadRequest, e.response()))?;
+    let unavailable_because = |why, msg| (why, error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg));
+    let handshake = node
+        .gate
+        .handshake()
+        .map_err(|_| unavailable_because(Refused::Handshakes, "too many handshakes in progress"))?;
     let grant = match node.auth.check(req.headers(), req.uri().query()) {
         Ok(user) => user,
         Err(Refusal::Unauthorized(m)) => {
@@ -105,17 +111,12 @@ async fn admit(req: &Request<Incoming>, node: &Node) -> Result<Admitted, (Refuse
         }
         Err(Refusal::Forbidden(m)) => return Err((Refused::Forbidden, error(StatusCode::FORBIDDEN, "forbidden", &m))),
     };
-    let unavailable_because = |why, msg| (why, error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg));
     if node.is_draining() {
         return Err(unavailable_because(Refused::Draining, "server is shutting down"));
     }
     if !node.is_ready() {
         return Err(unavailable_because(Refused::Unavailable, "a backend is unreachable"));
     }
-    let handshake = node
-        .gate
-        .handshake()
-        .map_err(|_| unavailable_because(Refused::Handshakes, "too many handshakes in progress"))?;
     let peer = req.extensions().get::<Peer>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
     let slot = node.gate.admit(node.gate.client_ip(peer, req.headers())).map_err(|full| match full {
         Full::PerIp => unavailable_because(Refused::PerIp, "too many connections from this address"),

@@ -112,6 +112,7 @@ impl Gate {
 
     /// Reserves a connection slot for a client at `ip`.
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, Full> {
+        let ip = bucket(canonical(ip));
         if !reserve(&self.connections, self.max_connections) {
             return Err(Full::Connections);
         }
@@ -145,14 +146,18 @@ impl Gate {
             return peer;
         }
         let mut client = peer;
-        let hops = headers
+        // Header lines in order, each split into its entries; a line that is not text is
+        // an unparsable entry (the walk stops there).
+        let hops: Vec<Option<&str>> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect::<Vec<_>>();
+            .flat_map(|v| match v.to_str() {
+                Ok(line) => line.split(',').map(Some).collect::<Vec<_>>(),
+                Err(_) => vec![None],
+            })
+            .collect();
         for hop in hops.iter().rev() {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            let Some(ip) = hop.and_then(forwarded_ip) else { break };
             client = canonical(ip);
             if !self.is_trusted(client) {
                 break;
@@ -163,6 +168,26 @@ impl Gate {
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (`1.2.3.4:5678`,
+/// `[2001:db8::1]:443`), as some balancers write it.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
+/// The key a client address is counted under: an IPv6 client by its /64 (one host gets a
+/// whole /64 and can pick any address in it), an IPv4 client by its address.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
@@ -244,5 +269,23 @@ mod tests {
         assert_eq!(g.client_ip(ip("::1"), &xff("1.2.3.4")), ip("1.2.3.4"));
         // IPv4-mapped peers count as their IPv4 address.
         assert_eq!(g.client_ip(ip("::ffff:10.1.1.1"), &xff("1.2.3.4")), ip("1.2.3.4"));
+        // Entries with ports, as some balancers write them.
+        assert_eq!(g.client_ip(ip("10.1.1.1"), &xff("1.2.3.4:5678")), ip("1.2.3.4"));
+        assert_eq!(g.client_ip(ip("10.1.1.1"), &xff("[2001:db8::1]:443")), ip("2001:db8::1"));
+        assert_eq!(g.client_ip(ip("10.1.1.1"), &xff("[2001:db8::1]")), ip("2001:db8::1"));
+        // A header line that is not text stops the walk at the last trusted hop (here the
+        // peer): the client's own line before it is never reached.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", hyper::header::HeaderValue::from_bytes(b"\xff, 10.2.2.2").unwrap());
+        assert_eq!(g.client_ip(ip("10.1.1.1"), &h), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let g = gate(10, 1, &[]);
+        let _a = g.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(g.admit(ip("2001:db8:1:2:ffff::9")).unwrap_err(), Full::PerIp, "same /64");
+        let _b = g.admit(ip("2001:db8:1:3::1")).unwrap();
     }
 }
