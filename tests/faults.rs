@@ -109,7 +109,7 @@ async fn broker_killed_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_longer_than_the_bound() {
-    through_a_broker_fault("RabbitMQ stop_app for longer than the bound", |c, traffic, rabbit| async move {
+    through_a_broker_fault("RabbitMQ application stopped for longer than the bound", |c, traffic, rabbit| async move {
         rabbit.app_stop().await;
         let n0 = c.nodes[0].addr;
         eventually("messages wait in the outage buffer", || async {

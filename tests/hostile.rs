@@ -55,7 +55,7 @@ fn cases() -> Vec<Case> {
         Frame("a JSON array", s("[1,2]"), "bad_request"),
         Frame("a JSON string", s(r#""ping""#), "bad_request"),
         Frame("no type", s(r#"{"id":"x"}"#), "bad_request"),
-        Frame("unknown type", s(r#"{"type":"shutdown"}"#), "bad_request"),
+        Frame("unknown type", s(r#"{"type":"kick"}"#), "bad_request"),
         Frame("type not a string", s(r#"{"type":1}"#), "bad_request"),
         Frame("once without to", s(r#"{"type":"once","content":1}"#), "bad_request"),
         Frame("once without content", s(r#"{"type":"once","to":"1"}"#), "bad_request"),
