@@ -7,13 +7,12 @@
 
 mod common;
 
+use chatgate::protocol::ws::{OP_BINARY as BINARY, OP_PING as PING, OP_TEXT as TEXT};
 use common::*;
 use serde_json::{Value, json};
 
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
+/// Client-side framing the server never writes: continuation frames and the FIN bit.
 const CONTINUATION: u8 = 0x0;
-const PING: u8 = 0x9;
 const FIN: u8 = 0x80;
 
 /// A raw client past its `welcome`.
