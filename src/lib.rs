@@ -28,6 +28,7 @@
 //! | [`ratelimit`] | per-connection token bucket |
 //! | [`logging`] | tracing subscriber set-up |
 //! | [`config`] | settings (clap: flags and environment), validated once |
+//! | [`transport`] | a client connection's bytes: plain TCP or TLS, its two halves; the server certificate and its reload |
 //! | [`protocol`] | the wire contract: pure parse, encode-once frames, WebSocket framing |
 #![forbid(unsafe_code)]
 
@@ -48,6 +49,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod tasks;
+pub mod transport;
 pub mod writer;
 
 pub use config::Config;

@@ -48,6 +48,9 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let shutdown = shutdown_signal();
+    if let Some(tls) = config.tls.clone() {
+        reload_on_hangup(tls);
+    }
     let mode = if config.is_cluster() { "cluster" } else { "embedded" };
     info!(config = ?config, "effective configuration (secrets redacted)");
     if config.api_key.is_none() {
@@ -56,7 +59,8 @@ async fn serve(config: Config) -> ExitCode {
              this port, and POST /api/publish is disabled"
         );
     }
-    info!(%addr, node = %config.node_id, mode, "listening");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    info!(%addr, node = %config.node_id, mode, scheme, "listening");
     let node = Node::new(config, backends);
     chatgate::server::run(listener, node, shutdown).await;
     ExitCode::SUCCESS
@@ -86,4 +90,27 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = int.recv() => info!("SIGINT received"),
         }
     }
+}
+
+/// Reads the TLS certificate and key again on every SIGHUP (a renewed certificate): new
+/// handshakes use them, established connections keep theirs. A file that does not load is
+/// logged and the previous identity stays. The handler is installed before `listening` is
+/// logged, like the shutdown handlers.
+fn reload_on_hangup(tls: std::sync::Arc<chatgate::transport::ServerTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot install the SIGHUP handler; the TLS certificate is not reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => info!(?tls, "TLS certificate reloaded"),
+                Err(e) => error!(?tls, error = %e, "TLS certificate not reloaded; the previous one stays in use"),
+            }
+        }
+    });
 }

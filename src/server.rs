@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::chain;
 use crate::node::Node;
+use crate::transport::Transport;
 
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully.
 ///
@@ -63,9 +64,38 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
             let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(unsent);
         }
         let (head_timeout, head_bytes) = (node.config.header_read_timeout, node.config.max_request_head_bytes);
+        let tls = node.config.tls.as_ref().map(|t| t.acceptor());
         let node = node.clone();
         let mut stop = http_stop_rx.clone();
         http_conns.spawn(async move {
+            let io = match tls {
+                None => Transport::Plain(stream),
+                Some(acceptor) => {
+                    // Bounded like a request head: a client that starts a handshake and
+                    // stalls holds a task and a socket for at most this long.
+                    let handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream));
+                    let res = tokio::select! {
+                        res = handshake => res,
+                        _ = stop.changed() => return,
+                    };
+                    match res {
+                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            node.metrics.tls_handshake(false);
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            node.metrics.tls_handshake(false);
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if io.is_tls() {
+                node.metrics.tls_handshake(true);
+            }
             let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(crate::http::Peer(peer));
                 let node = node.clone();
@@ -76,7 +106,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
                 // Slow-loris guard, and a bounded head: hyper answers 431 past the buffer.
                 .header_read_timeout(head_timeout)
                 .max_buf_size(head_bytes)
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             tokio::pin!(conn);
             let res = tokio::select! {

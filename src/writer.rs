@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
 
 use crate::hub::Conn;
 use crate::outbox::Phase;
 use crate::protocol::ws;
+use crate::transport::WriteHalf;
 
 /// Frames per `writev` call (the array lives on the stack only while polling).
 const IOV_BATCH: usize = 128;
@@ -42,7 +42,7 @@ pub enum Finish {
 /// Runs until the connection's output ends. Never panics on I/O; failures mark the outbox
 /// dead, which wakes the session. A client whose socket takes nothing for `slow_after`
 /// while its outbox is full is a slow consumer ([`crate::outbox::Outbox::stalled`]).
-pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) -> Finish {
+pub async fn run(conn: Arc<Conn>, mut wr: WriteHalf, slow_after: Duration) -> Finish {
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     // Set once the connection is closing: the end of its linger.
     let mut deadline: Option<Instant> = None;
@@ -105,7 +105,7 @@ pub async fn run(conn: Arc<Conn>, mut wr: OwnedWriteHalf, slow_after: Duration) 
 
 /// Finishes the frame already partly on the wire (so the stream stays well-formed), then
 /// sends close 1013 and ends. Frames not yet started are dropped.
-async fn slow_consumer(conn: &Conn, wr: &mut OwnedWriteHalf, batch: &mut VecDeque<Bytes>) -> Finish {
+async fn slow_consumer(conn: &Conn, wr: &mut WriteHalf, batch: &mut VecDeque<Bytes>) -> Finish {
     // `write_some` advances the front frame as it is written, so a partly written frame is
     // the only one whose remaining bytes differ from a fresh frame: we cannot tell, so we
     // keep the front frame (complete or partial) and drop the rest.
@@ -124,10 +124,9 @@ async fn slow_consumer(conn: &Conn, wr: &mut OwnedWriteHalf, batch: &mut VecDequ
     }
 }
 
-/// Resets the socket (`SO_LINGER` 0): the kernel drops what it still holds for the client at
-/// once instead of keeping it for as long as the client stays silent.
-fn abort(conn: &Conn, wr: &OwnedWriteHalf) -> Finish {
-    let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(Duration::ZERO));
+/// Resets the socket ([`WriteHalf::reset`]) and marks the output dead.
+fn abort(conn: &Conn, wr: &WriteHalf) -> Finish {
+    wr.reset();
     conn.outbox.mark_dead();
     Finish::Aborted
 }
@@ -152,11 +151,7 @@ enum Wrote {
 /// One write of the front of `batch` (vectored when more than one frame is queued);
 /// consumes what was written. Waits at most `patience` for the socket to take something: the
 /// timer is only armed once the socket refuses, so a writable socket costs no timer.
-async fn write_some(
-    wr: &mut OwnedWriteHalf,
-    batch: &mut VecDeque<Bytes>,
-    patience: Duration,
-) -> std::io::Result<Wrote> {
+async fn write_some(wr: &mut WriteHalf, batch: &mut VecDeque<Bytes>, patience: Duration) -> std::io::Result<Wrote> {
     let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let wrote = std::future::poll_fn(|cx| {
         let pinned = std::pin::Pin::new(&mut *wr);

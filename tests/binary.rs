@@ -224,3 +224,64 @@ async fn start_up_warns_when_the_api_is_open() {
     let v: serde_json::Value = serde_json::from_str(&warning).unwrap();
     assert_eq!(v["level"], "WARN", "{warning}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate_and_a_bad_one_keeps_the_last() {
+    let pki = common::tls::TestPki::new();
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let (mut child, addr, logs) = start_logged(&[("CHAT_TLS_CERT_FILE", cert), ("CHAT_TLS_KEY_FILE", key)]);
+    assert!(logs.lock().iter().any(|l| l.contains(r#""scheme":"https""#)), "the listening line says https");
+    let served = || async {
+        let tls = pki.connect(addr).await;
+        tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+    };
+    let logged = |what: &'static str, n: usize| {
+        let logs = logs.clone();
+        async move {
+            let seen = || logs.lock().iter().filter(|l| l.contains(what)).count();
+            eventually(what, || async { seen() == n }).await;
+        }
+    };
+    let wss = format!("wss://localhost:{}/ws", addr.port());
+    let mut before = Client::connect_with(&wss, Some(pki.connector())).await;
+    let first = served().await;
+
+    let renewed = pki.issue("renewed");
+    assert_ne!(first, renewed);
+    signal(&child, "HUP");
+    logged("TLS certificate reloaded", 1).await;
+    assert_eq!(served().await, renewed, "new handshakes get the new certificate");
+    // A connection made before the reload goes on as it was.
+    let me = before.user.clone();
+    let ack = before.request(serde_json::json!({"type":"once","to":me,"content":"still here"}), "r").await;
+    assert_eq!(ack["status"], "sent");
+
+    std::fs::write(&pki.cert, "not a certificate").unwrap();
+    signal(&child, "HUP");
+    logged("TLS certificate not reloaded", 1).await;
+    assert_eq!(served().await, renewed, "a file that does not load leaves the last certificate in use");
+
+    signal(&child, "TERM");
+    assert_eq!(before.close_code().await, 1001);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn tls_settings_come_in_pairs_and_must_load() {
+    let pki = common::tls::TestPki::new();
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let missing = pki.path("missing.pem");
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("CHAT_TLS_CERT_FILE", cert)], "CHAT_TLS_KEY_FILE"),
+        (&[("CHAT_TLS_KEY_FILE", key)], "CHAT_TLS_CERT_FILE"),
+        (&[("CHAT_TLS_CERT_FILE", key), ("CHAT_TLS_KEY_FILE", key)], "CHAT_TLS_CERT_FILE"),
+        (&[("CHAT_TLS_CERT_FILE", cert), ("CHAT_TLS_KEY_FILE", missing.to_str().unwrap())], "CHAT_TLS_KEY_FILE"),
+    ];
+    for (env, var) in cases {
+        let out = chatgate().envs(env.iter().copied()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{env:?}: {stderr}");
+        assert!(stderr.contains(var), "{env:?} names {var}: {stderr}");
+    }
+}

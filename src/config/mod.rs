@@ -12,11 +12,15 @@ mod keys;
 mod parse;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 pub use keys::PublicKey;
+
+use crate::transport::ServerTls;
 use parse::{listen, log_filter, millis, name, node_id, non_empty, per_core, ranged};
 
 /// `EX_USAGE` from sysexits.h: the exit code for bad configuration.
@@ -92,6 +96,15 @@ pub struct Config {
     /// Largest request head (request line and headers) accepted; a larger one gets HTTP 431 and the connection is closed.
     #[arg(long, env = "CHAT_MAX_REQUEST_HEAD_BYTES", value_name = "CHAT_MAX_REQUEST_HEAD_BYTES", default_value = "16384", value_parser = ranged::<usize>(8192, 1 << 20))]
     pub max_request_head_bytes: usize,
+    /// PEM certificate chain (leaf first) for TLS on CHAT_LISTEN: clients then use wss:// and https://. Needs CHAT_TLS_KEY_FILE. Both files are read again on SIGHUP. Unset: plain TCP (terminate TLS in front).
+    #[arg(long, env = "CHAT_TLS_CERT_FILE", value_name = "CHAT_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of CHAT_TLS_CERT_FILE's certificate.
+    #[arg(long, env = "CHAT_TLS_KEY_FILE", value_name = "CHAT_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The loaded identity, when both files are set.
+    #[arg(skip)]
+    pub tls: Option<Arc<ServerTls>>,
     /// Groups one connection may join.
     #[arg(long = "max-groups-per-conn", env = "CHAT_MAX_GROUPS_PER_CONN", value_name = "CHAT_MAX_GROUPS_PER_CONN", default_value = "1000", value_parser = ranged::<usize>(1, 1_000_000))]
     pub max_groups: usize,
@@ -193,6 +206,12 @@ pub struct ClusterConfig {
     /// Persistent messages: a batch acked sent survives a RabbitMQ restart.
     #[arg(long = "amqp-persistent", env = "CHAT_AMQP_PERSISTENT", value_name = "CHAT_AMQP_PERSISTENT", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub persistent: bool,
+    /// PEM file of the CA certificate(s) a rediss:// server's certificate must chain to, instead of the system's roots. Needs a rediss:// REDIS_URL. Read at start-up.
+    #[arg(long, env = "CHAT_REDIS_CA_FILE", value_name = "CHAT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM file of CA certificate(s) trusted for an amqps:// RABBIT_MQ_URL, besides the system's roots. Read at start-up.
+    #[arg(long, env = "CHAT_AMQP_CA_FILE", value_name = "CHAT_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// Where Redis and RabbitMQ are, once validated; `None`: embedded.
     #[arg(skip)]
     endpoints: Option<Endpoints>,
@@ -203,6 +222,10 @@ pub struct ClusterConfig {
 pub struct Endpoints {
     pub amqp_url: String,
     pub redis: redis::ConnectionInfo,
+    /// `CHAT_REDIS_CA_FILE`'s contents.
+    pub redis_ca: Option<Vec<u8>>,
+    /// `CHAT_AMQP_CA_FILE`'s contents.
+    pub amqp_ca: Option<String>,
 }
 
 impl std::fmt::Debug for Endpoints {
@@ -210,6 +233,8 @@ impl std::fmt::Debug for Endpoints {
         f.debug_struct("Endpoints")
             .field("amqp", &parse::redact_url(&self.amqp_url))
             .field("redis", &self.redis.addr().to_string())
+            .field("redis_ca", &self.redis_ca.is_some())
+            .field("amqp_ca", &self.amqp_ca.is_some())
             .finish()
     }
 }
@@ -312,6 +337,7 @@ impl Config {
             self.rate_burst = self.rate_limit.saturating_mul(2);
         }
         self.cluster.endpoints = parse::endpoints(&self.cluster)?;
+        self.tls = parse::server_tls(self.tls_cert_file.as_deref(), self.tls_key_file.as_deref())?;
         Ok(())
     }
 }

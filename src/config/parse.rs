@@ -1,13 +1,16 @@
 //! Value parsers for the settings, and the rules that involve several of them.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
 
 use super::{ClusterConfig, ConfigError, Endpoints, Secret};
 use crate::protocol::is_valid_name;
+use crate::transport::{ServerTls, TlsError};
 
 /// The default of `CHAT_NODE_ID`: readable, and distinct across restarts so a restarted
 /// node never inherits its previous incarnation's presence.
@@ -198,9 +201,50 @@ pub fn endpoints(c: &ClusterConfig) -> Result<Option<Endpoints>, ConfigError> {
                 return Err(bad("RABBIT_MQ_URL", &redact_url(&amqp_url), "must start with amqp:// or amqps://"));
             }
             amqp_url.parse::<lapin::uri::AMQPUri>().map_err(|e| bad("RABBIT_MQ_URL", &redact_url(&amqp_url), e))?;
-            Ok(Some(Endpoints { amqp_url, redis }))
+            let redis_ca = ca_file("CHAT_REDIS_CA_FILE", c.redis_ca_file.as_deref())?;
+            if redis_ca.is_some() && !matches!(redis.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                return Err(bad("CHAT_REDIS_CA_FILE", "", "a CA file needs a rediss:// REDIS_URL"));
+            }
+            let amqp_ca = ca_file("CHAT_AMQP_CA_FILE", c.amqp_ca_file.as_deref())?
+                .map(|pem| String::from_utf8(pem).map_err(|_| bad("CHAT_AMQP_CA_FILE", "", "not a PEM file")))
+                .transpose()?;
+            Ok(Some(Endpoints { amqp_url, redis, redis_ca, amqp_ca }))
         }
         (Some(_), None) => Err(bad("REDIS_ADDR", "", "cluster mode needs Redis too (RABBIT_MQ_URL is set)")),
         (None, Some(_)) => Err(bad("RABBIT_MQ_URL", "", "cluster mode needs RabbitMQ too (Redis is set)")),
     }
+}
+
+/// `CHAT_TLS_CERT_FILE` and `CHAT_TLS_KEY_FILE`: both or neither; read and checked here.
+pub fn server_tls(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Arc<ServerTls>>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => match ServerTls::load(cert, key) {
+            Ok(tls) => Ok(Some(Arc::new(tls))),
+            Err(e @ TlsError::Read { .. }) if matches!(&e, TlsError::Read { path, .. } if path == key) => {
+                Err(bad("CHAT_TLS_KEY_FILE", &key.display().to_string(), e.to_string()))
+            }
+            Err(e @ TlsError::Rustls(_)) => Err(bad("CHAT_TLS_KEY_FILE", &key.display().to_string(), e.to_string())),
+            Err(e) => Err(bad("CHAT_TLS_CERT_FILE", &cert.display().to_string(), e.to_string())),
+        },
+        (Some(_), None) => Err(bad("CHAT_TLS_KEY_FILE", "", "CHAT_TLS_CERT_FILE is set; TLS needs the key too")),
+        (None, Some(_)) => {
+            Err(bad("CHAT_TLS_CERT_FILE", "", "CHAT_TLS_KEY_FILE is set; TLS needs the certificate too"))
+        }
+    }
+}
+
+/// A CA file's contents: PEM with at least one certificate, read once at start-up.
+fn ca_file(var: &'static str, path: Option<&Path>) -> Result<Option<Vec<u8>>, ConfigError> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    let Some(path) = path else { return Ok(None) };
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|e| bad(var, &shown, e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(var, &shown, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(var, &shown, "holds no PEM certificate"));
+    }
+    Ok(Some(pem))
 }

@@ -131,6 +131,29 @@ fn cluster_mode_needs_both_backends() {
 }
 
 #[test]
+fn backend_ca_files_are_read_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, missing) = (dir.path().join("empty.pem"), dir.path().join("missing.pem"));
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let (empty, missing) = (empty.to_str().unwrap(), missing.to_str().unwrap());
+    let tls = ["--rabbit-mq-url", "amqps://h", "--redis-url", "rediss://r:6380/"];
+    for (extra, var) in [
+        (["--redis-ca-file", missing], "CHAT_REDIS_CA_FILE"),
+        (["--redis-ca-file", empty], "CHAT_REDIS_CA_FILE"),
+        (["--amqp-ca-file", missing], "CHAT_AMQP_CA_FILE"),
+        (["--amqp-ca-file", empty], "CHAT_AMQP_CA_FILE"),
+    ] {
+        let e = with(&[&tls[..], &extra[..]].concat()).unwrap_err();
+        assert!(e.to_string().contains(var), "{extra:?}: {e}");
+    }
+    let plain = ["--rabbit-mq-url", "amqp://h", "--redis-url", "redis://r:6379/", "--redis-ca-file", empty];
+    let e = with(&plain).unwrap_err();
+    assert!(e.to_string().contains("CHAT_REDIS_CA_FILE"), "{e}");
+    let c = with(&tls).unwrap();
+    assert!(matches!(c.cluster.endpoints().unwrap().redis.addr(), redis::ConnectionAddr::TcpTls { .. }));
+}
+
+#[test]
 fn help_and_version_come_from_clap() {
     let e = with(&["--help"]).unwrap_err();
     assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);

@@ -162,6 +162,8 @@ pub struct Metrics {
     /// Times a session waited before reading its client's next frame (node congested, or
     /// its dispatcher full).
     pub backpressure_pauses: Counter,
+    /// TLS handshakes on the client port, by result (`ok`, `failed`: refused or timed out).
+    tls_handshakes: Labelled<2>,
     /// Message read → in every local outbox or confirmed by the broker.
     pub routing_latency: Histogram,
     pub broker: BrokerMetrics,
@@ -193,6 +195,13 @@ impl Metrics {
         let disconnects = Labelled::register(&mut r, "disconnects", "Connections ended, by close code", "code", CLOSES);
         let frames = Labelled::register(&mut r, "frames_received", "Client frames received, by type", "type", FRAMES);
         let delivered = counter(&mut r, "messages_delivered", "Frames delivered to client connections (per recipient)");
+        let tls_handshakes = Labelled::register(
+            &mut r,
+            "tls_handshakes",
+            "TLS handshakes on the client port, by result",
+            "result",
+            ["ok", "failed"],
+        );
         let acks = Labelled::register(&mut r, "acks", "Acks sent to senders, by status", "status", ["sent", "offline"]);
         let errors = Labelled::register(
             &mut r,
@@ -276,6 +285,7 @@ impl Metrics {
             slow_consumers,
             linger_timeouts,
             backpressure_pauses,
+            tls_handshakes,
             routing_latency,
             broker,
             presence,
@@ -297,6 +307,16 @@ impl Metrics {
     #[inline]
     pub fn refused(&self, why: Refused) {
         self.refused.inc(why as usize);
+    }
+
+    /// A TLS handshake on the client port finished (`ok`) or failed or timed out.
+    pub fn tls_handshake(&self, ok: bool) {
+        self.tls_handshakes.inc(usize::from(!ok));
+    }
+
+    /// TLS handshakes with that result so far (tests).
+    pub fn tls_handshakes(&self, ok: bool) -> u64 {
+        self.tls_handshakes.get(usize::from(!ok))
     }
 
     #[inline]

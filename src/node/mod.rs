@@ -91,6 +91,7 @@ impl Backends {
         let c = &config.cluster;
         let presence = RedisPresence::new(crate::backend::redis::RedisConfig {
             connection: endpoints.redis.clone(),
+            ca: endpoints.redis_ca.clone(),
             cluster: c.name.clone(),
             node: config.node_id.clone(),
             incarnation,
@@ -106,6 +107,7 @@ impl Backends {
             prefetch: c.prefetch,
             buffer_bytes: c.broker_buffer_bytes,
             heartbeat: c.amqp_heartbeat,
+            ca: endpoints.amqp_ca.clone(),
             metrics: metrics.clone(),
         })?;
         Ok(Backends { presence: Arc::new(presence), broker: Arc::new(broker), incarnation, metrics })

@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::hub::Conn;
+use crate::transport::ReadHalf;
 
 /// Read half for tungstenite, write half into the outbox.
 ///
@@ -19,7 +19,7 @@ use crate::hub::Conn;
 /// also erased the edge of data arriving in between, leaving a client's frame unread until
 /// it sent another. See the `duplex_reads_data_that_arrived_after_a_short_read` test.)
 pub(super) struct Duplex {
-    pub(super) rd: OwnedReadHalf,
+    pub(super) rd: ReadHalf,
     pub(super) conn: Arc<Conn>,
 }
 
@@ -63,7 +63,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (rd, _wr) = server.into_split();
         let conn = Arc::new(Conn::new(1, "u".into(), Outbox::new(4, 1024)));
-        let mut duplex = Duplex { rd, conn };
+        let mut duplex = Duplex { rd: ReadHalf::Plain(rd), conn };
         let mut buf = [0u8; 64];
 
         client.write_all(b"first").await.unwrap();
@@ -73,8 +73,9 @@ mod tests {
         client.write_all(b"second").await.unwrap();
         // Wait until the bytes are in the socket's receive queue (peek leaves them there).
         let mut peeked = 0;
+        let ReadHalf::Plain(rd) = &mut duplex.rd else { unreachable!() };
         while peeked < 6 {
-            peeked = duplex.rd.peek(&mut buf).await.unwrap();
+            peeked = rd.peek(&mut buf).await.unwrap();
         }
         let n = tokio::time::timeout(Duration::from_secs(5), duplex.read(&mut buf))
             .await

@@ -11,14 +11,13 @@ mod requests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
@@ -31,6 +30,7 @@ use crate::node::{Admission, Handshake, Identity, Node};
 use crate::outbox::{Outbox, Phase};
 use crate::protocol::{ErrorCode, encode, ws};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::transport::Transport;
 use crate::writer::{CLOSE_LINGER, Finish};
 use access::Access;
 use duplex::Duplex;
@@ -55,15 +55,15 @@ pub(crate) async fn run(
     _slot: Admission,
     handshake: Handshake,
 ) {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let parts = match upgraded.downcast::<TokioIo<Transport>>() {
         Ok(parts) => parts,
         Err(_) => {
-            warn!("upgraded connection is not a TCP stream");
+            warn!("upgraded connection is not the server's transport");
             node.release_identity(&identity).await;
             return;
         }
     };
-    let (rd, mut wr) = parts.io.into_inner().into_split();
+    let (rd, mut wr) = parts.io.into_inner().split();
     // Bytes the client sent right behind its request. Copied out at once: `read_buf` is a
     // view of hyper's whole read buffer (8 KiB or more), which it would keep alive for the
     // life of the connection.
@@ -340,7 +340,7 @@ impl Session {
         };
         if tokio::time::timeout(CLOSE_LINGER, fin).await.is_err() {
             self.node.metrics.linger_timeouts.inc();
-            let _ = socket2::SockRef::from(rd.as_ref()).set_linger(Some(Duration::ZERO));
+            rd.reset();
         }
     }
 

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod inprocess;
 pub mod jwt;
 pub mod services;
+pub mod tls;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -94,10 +95,13 @@ pub struct Client {
 impl Client {
     /// Connects and reads the welcome frame.
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        Self::connect_with(url, None).await
+    }
+
+    /// [`Client::connect`] with a TLS set-up for `wss://` (`None`: the default).
+    pub async fn connect_with(url: &str, tls: Option<tokio_tungstenite::Connector>) -> Client {
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls);
+        let (ws, _) = tokio::time::timeout(WAIT, connect).await.expect("connect in time").expect("connect");
         let mut c = Client { ws, user: String::new(), welcome: Value::Null };
         let welcome = c.recv().await;
         assert_eq!(welcome["type"], "welcome", "first frame is the welcome: {welcome}");
@@ -338,7 +342,19 @@ impl HttpResponse {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_on(stream, addr, method, path, headers, body).await
+}
+
+/// [`http`] over a connection already made (a TLS stream).
+pub async fn http_on(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {

@@ -11,11 +11,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+
+use super::tls::TestPki;
 
 /// How long a server may take to come up; the shared machine can be slow.
 const BOOT_WAIT: Duration = Duration::from_secs(120);
@@ -132,6 +137,8 @@ fn alive(pid: u32) -> bool {
 /// loses every key, as a crash of a cache-only Redis would).
 pub struct PrivateRedis {
     port: u16,
+    /// Serve TLS only (`--port 0 --tls-port`), with this identity.
+    tls: Option<TlsIdentity>,
     server: Option<Child>,
     reaper: Reaper,
     dir: TempDir,
@@ -140,10 +147,19 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     /// Starts one, or returns `None` (loudly) if `redis-server` is not installed.
     pub async fn start() -> Option<PrivateRedis> {
+        Self::start_with(None).await
+    }
+
+    /// [`start`](Self::start) with a TLS port only (`rediss://`), serving `pki`'s certificate.
+    pub async fn start_tls(pki: &TestPki) -> Option<PrivateRedis> {
+        Self::start_with(Some(TlsIdentity::of(pki))).await
+    }
+
+    async fn start_with(tls: Option<TlsIdentity>) -> Option<PrivateRedis> {
         let bin = require_tool("redis-server", &[])?;
         let dir = tempfile::Builder::new().prefix("chatgate-redis-").tempdir().expect("temp dir");
         let reaper = Reaper::spawn(dir.path());
-        let mut redis = PrivateRedis { port: 0, server: None, reaper, dir };
+        let mut redis = PrivateRedis { port: 0, tls, server: None, reaper, dir };
         for _ in 0..5 {
             [redis.port] = free_ports();
             match redis.boot(&bin).await {
@@ -158,7 +174,16 @@ impl PrivateRedis {
     async fn boot(&mut self, bin: &Path) -> Result<(), String> {
         let dir = self.dir.path();
         let mut cmd = Command::new(bin);
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"])
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir)
@@ -174,7 +199,11 @@ impl PrivateRedis {
                 self.server = None;
                 return Err(format!("redis-server exited: {status}"));
             }
-            if ping(self.port).await {
+            let answered = match &self.tls {
+                None => ping(self.port).await,
+                Some(tls) => tls_ping(self.port, tls.client.clone()).await,
+            };
+            if answered {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -188,8 +217,12 @@ impl PrivateRedis {
         self.port
     }
 
+    /// `redis://127.0.0.1:PORT/`, or `rediss://localhost:PORT/` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(_) => format!("rediss://localhost:{}/", self.port),
+        }
     }
 
     /// SIGKILL: no shutdown, connections reset, data gone.
@@ -244,6 +277,51 @@ async fn ping(port: u16) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), exchange).await, Ok(Ok(_))) && &buf == b"+PONG\r\n"
 }
 
+/// [`ping`] over TLS, trusting what `client` trusts.
+async fn tls_ping(port: u16, client: Arc<rustls::ClientConfig>) -> bool {
+    let exchange = async {
+        let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+        let mut s = TlsConnector::from(client).connect(name, tcp).await?;
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").await?;
+        s.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), exchange).await, Ok(Ok(buf)) if &buf == b"+PONG\r\n")
+}
+
+/// Whether an `amqps://` URL opens with the CA in the file beside it (true without one).
+async fn tls_ready(tls: Option<&(String, PathBuf)>) -> bool {
+    let Some((url, ca)) = tls else { return true };
+    let ca = std::fs::read_to_string(ca).expect("CA file");
+    let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca) };
+    let runtime = lapin::runtime::default_runtime().expect("runtime");
+    let connect = lapin::Connection::connect_with_config(url, lapin::ConnectionProperties::default(), tls, runtime);
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close(200, "".into()).await;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A server's certificate and key files (see [`TestPki`]), and a client that trusts them.
+#[derive(Clone)]
+struct TlsIdentity {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsIdentity {
+    fn of(pki: &TestPki) -> TlsIdentity {
+        TlsIdentity { cert: pki.cert.clone(), key: pki.key.clone(), ca: pki.ca.clone(), client: pki.client() }
+    }
+}
+
 /// Whether an AMQP connection opens (and closes) at `url` within a few seconds.
 pub async fn amqp_handshake(url: &str) -> bool {
     let connect = lapin::Connection::connect(url, lapin::ConnectionProperties::default());
@@ -267,6 +345,8 @@ pub struct PrivateRabbit {
     node: String,
     port: u16,
     dist_port: u16,
+    /// An `amqps://` listener besides the plain one, on this port with this identity.
+    tls: Option<(u16, TlsIdentity)>,
     server: Option<Child>,
     paused: bool,
     scripts: PathBuf,
@@ -280,6 +360,15 @@ impl PrivateRabbit {
     /// Starts a node and waits until it accepts AMQP connections; `None` (loudly) if RabbitMQ
     /// is not installed.
     pub async fn start() -> Option<PrivateRabbit> {
+        Self::start_with(None).await
+    }
+
+    /// [`start`](Self::start) with an `amqps://` listener too, serving `pki`'s certificate.
+    pub async fn start_tls(pki: &TestPki) -> Option<PrivateRabbit> {
+        Self::start_with(Some(TlsIdentity::of(pki))).await
+    }
+
+    async fn start_with(tls: Option<TlsIdentity>) -> Option<PrivateRabbit> {
         let server = require_tool("rabbitmq-server", &[RABBIT_LIB_BIN])?;
         let scripts = server.parent().expect("scripts dir").to_path_buf();
         let dir = tempfile::Builder::new().prefix("chatgate-rabbit-").tempdir().expect("temp dir");
@@ -296,6 +385,7 @@ impl PrivateRabbit {
             node,
             port: 0,
             dist_port: 0,
+            tls: tls.map(|t| (0, t)),
             server: None,
             paused: false,
             scripts,
@@ -305,7 +395,11 @@ impl PrivateRabbit {
         };
         let started = Instant::now();
         for _ in 0..3 {
-            [rabbit.port, rabbit.dist_port] = free_ports();
+            let [port, dist_port, tls_port] = free_ports();
+            (rabbit.port, rabbit.dist_port) = (port, dist_port);
+            if let Some((p, _)) = &mut rabbit.tls {
+                *p = tls_port;
+            }
             match rabbit.boot().await {
                 Ok(()) => {
                     rabbit.startup = started.elapsed();
@@ -345,7 +439,15 @@ impl PrivateRabbit {
 
     async fn boot(&mut self) -> Result<(), String> {
         let dir = self.dir.path().to_path_buf();
-        let conf = format!("listeners.tcp.local = 127.0.0.1:{}\n", self.port);
+        let mut conf = format!("listeners.tcp.local = 127.0.0.1:{}\n", self.port);
+        if let Some((port, tls)) = &self.tls {
+            conf.push_str(&format!(
+                "listeners.ssl.local = 127.0.0.1:{port}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
         std::fs::write(dir.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
         let _ = std::fs::remove_file(dir.join("pid"));
         let console = std::fs::File::options().create(true).append(true).open(dir.join("console.log")).expect("log");
@@ -363,6 +465,7 @@ impl PrivateRabbit {
             .stdout(console.try_clone().expect("log"))
             .stderr(console);
         let (port, url) = (self.port, self.amqp_url());
+        let tls = self.amqps_url().zip(self.tls.as_ref().map(|(_, t)| t.ca.clone()));
         let server = self.server.insert(spawn_group(&mut cmd, &dir));
         let deadline = Instant::now() + BOOT_WAIT;
         // The AMQP listener opens last in the boot sequence. A real AMQP handshake then says
@@ -372,7 +475,7 @@ impl PrivateRabbit {
                 self.server = None;
                 return Err(format!("rabbitmq-server exited ({status}):\n{}", tail(&dir.join("console.log"), 30)));
             }
-            if port_open(port).await && amqp_handshake(&url).await {
+            if port_open(port).await && amqp_handshake(&url).await && tls_ready(tls.as_ref()).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -399,6 +502,11 @@ impl PrivateRabbit {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The `amqps://` URL (guest/guest, as `localhost`), when started with TLS.
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls.as_ref().map(|(port, _)| format!("amqps://guest:guest@localhost:{port}/%2f"))
     }
 
     /// guest/guest, which RabbitMQ accepts from localhost only (that is where we are).

@@ -57,6 +57,8 @@ pub struct AmqpConfig {
     /// AMQP heartbeat in seconds (0: off) unless the URL sets one: a broker that stops
     /// answering (hung, partitioned) is detected within two heartbeats.
     pub heartbeat: u16,
+    /// PEM certificates trusted for `amqps://` besides the system's (`CHAT_AMQP_CA_FILE`).
+    pub ca: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -192,7 +194,9 @@ pub(super) async fn connect(cfg: &AmqpConfig, role: &str) -> lapin::Result<Conne
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(cfg.heartbeat);
     }
-    match tokio::time::timeout(Duration::from_secs(5), Connection::connect_uri(uri, props)).await {
+    let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: cfg.ca.clone() };
+    let connect = Connection::connect_uri_with_config(uri, props, tls, lapin::runtime::default_runtime()?);
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(res) => res,
         Err(_) => Err(lapin::ErrorKind::IOError(std::io::Error::from(std::io::ErrorKind::TimedOut).into()).into()),
     }

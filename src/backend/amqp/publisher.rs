@@ -45,15 +45,23 @@ impl Publisher {
     /// Connects, publishes, reconnects, until a `Close` request (or every handle is gone).
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut delays = retry::reconnect();
+        // The first failure of a streak is a warning (why RabbitMQ is unreachable: refused,
+        // a certificate, credentials); its retries are debug.
+        let mut failing = false;
         loop {
             let conn = match self.connect().await {
                 Ok(c) => {
                     delays = retry::reconnect();
+                    failing = false;
                     c
                 }
                 Err(e) => {
                     self.shared.publisher_up.store(false, Ordering::Relaxed);
-                    debug!(error = %chain(&e), "publisher cannot connect");
+                    if std::mem::replace(&mut failing, true) {
+                        debug!(error = %chain(&e), "publisher cannot connect");
+                    } else {
+                        warn!(error = %chain(&e), "cannot connect to RabbitMQ; retrying");
+                    }
                     // Keep taking requests (into the buffer) while waiting to retry.
                     let until = tokio::time::Instant::now() + retry::next(&mut delays);
                     loop {

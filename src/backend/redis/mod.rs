@@ -41,6 +41,8 @@ const WRITE_QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub connection: redis::ConnectionInfo,
+    /// PEM certificates trusted for `rediss://` instead of the system's (`CHAT_REDIS_CA_FILE`).
+    pub ca: Option<Vec<u8>>,
     /// Cluster name: the hash tag of every key.
     pub cluster: String,
     pub node: String,
@@ -92,7 +94,13 @@ impl RedisPresence {
     /// Sets up the connection (lazily: Redis may be down at start-up). Spawns nothing; the
     /// node is not ready until its first upkeep has reached Redis.
     pub fn new(cfg: RedisConfig) -> Result<RedisPresence, BackendError> {
-        let client = redis::Client::open(cfg.connection)?;
+        let client = match cfg.ca {
+            Some(pem) => {
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(cfg.connection, certs)?
+            }
+            None => redis::Client::open(cfg.connection)?,
+        };
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
