@@ -20,6 +20,10 @@ fn main() -> ExitCode {
         }
     };
     chatgate::logging::init(config.log_format, &config.log_filter);
+    // One crypto provider for every rustls user (the client port, rediss://, amqps://):
+    // redis builds its TLS client from the process default, which rustls only picks by
+    // itself while exactly one provider is compiled in.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()
     {
         Ok(rt) => rt,

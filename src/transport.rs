@@ -4,8 +4,11 @@
 //! [`ReadHalf`] it reads and the [`WriteHalf`] the writer task owns. A plain socket splits
 //! into tokio's owned halves (no lock, `writev` straight to the socket); a TLS stream has
 //! one rustls state for both directions, so its halves share it behind a mutex, each
-//! locking only for the poll that reads or writes (rustls reads never write and writes
-//! never read, so neither half stores its waker in the other's readiness slot).
+//! locking only for the poll that reads or writes. Writes and flushes never read, and reads
+//! write only the alert that ends a connection whose input is broken, so each half's waker
+//! stays in its own readiness slot of the socket (the one exception ends the session, which
+//! wakes the writer anyway). A write may leave encrypted records in rustls when the socket
+//! is full: [`WriteHalf::buffered`] tells the writer to flush them.
 //!
 //! [`ServerTls`] holds the certificate and key (`CHAT_TLS_CERT_FILE`, `CHAT_TLS_KEY_FILE`),
 //! read at start-up and again on [`ServerTls::reload`] (SIGHUP): a new handshake uses what
@@ -102,6 +105,15 @@ impl ReadHalf {
 }
 
 impl WriteHalf {
+    /// Whether output written is still held above the socket (TLS records rustls has
+    /// encrypted but the socket has not taken): then a flush is owed before waiting.
+    pub fn buffered(&self) -> bool {
+        match self {
+            WriteHalf::Plain(_) => false,
+            WriteHalf::Tls(s) => s.0.lock().get_ref().1.wants_write(),
+        }
+    }
+
     /// See [`reset`].
     pub fn reset(&self) {
         match self {
@@ -235,7 +247,15 @@ fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(read_err(key))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+        path: key.to_owned(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "holds no PEM private key (encrypted keys are not supported)".into()
+            }
+            e => e.to_string(),
+        },
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

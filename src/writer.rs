@@ -2,7 +2,9 @@
 //!
 //! It owns the socket's write half. Each wake-up it takes everything queued (corking: under
 //! load many frames go out in one system call) and writes the frames' shared `Bytes`
-//! directly, without copying them into a per-connection buffer.
+//! directly, without copying them into a per-connection buffer. (Over TLS, rustls copies
+//! them once, as it encrypts; what it has encrypted and the socket has not taken yet is
+//! flushed before the writer waits for more frames.)
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -49,7 +51,9 @@ pub async fn run(conn: Arc<Conn>, mut wr: WriteHalf, slow_after: Duration) -> Fi
     loop {
         if batch.is_empty() {
             match conn.outbox.take(&mut batch) {
-                Phase::Open if batch.is_empty() => {
+                // TLS records already encrypted but not yet taken by the socket are
+                // flushed first (`write_some` on an empty batch), like any other output.
+                Phase::Open if batch.is_empty() && !wr.buffered() => {
                     // Idle: give the queue's allocation back rather than hold it for what
                     // may be a long silence (one allocation per wake-up when traffic is light).
                     if batch.capacity() > 0 {
@@ -156,7 +160,11 @@ async fn write_some(wr: &mut WriteHalf, batch: &mut VecDeque<Bytes>, patience: D
     let wrote = std::future::poll_fn(|cx| {
         let pinned = std::pin::Pin::new(&mut *wr);
         let res = match batch.len() {
-            0 => return Poll::Ready(Some(Ok(0))),
+            // Nothing queued: flush what the transport holds (TLS), waiting like a write.
+            0 => match pinned.poll_flush(cx) {
+                Poll::Ready(res) => return Poll::Ready(Some(res.map(|()| 0))),
+                Poll::Pending => Poll::Pending,
+            },
             // The common case at low rates: skip building an iovec array.
             1 => pinned.poll_write(cx, &batch[0]),
             n @ 2..=8 => pinned.poll_write_vectored(cx, &iovecs::<8>(batch)[..n]),

@@ -76,6 +76,8 @@ pub struct Args {
     pub connect_timeout: Duration,
     pub read_buffer: usize,
     pub token_secret: Option<String>,
+    /// `--ca`: roots for wss:// (else the system's).
+    pub ca: Option<std::path::PathBuf>,
     pub max_conn_errors: u64,
     /// `--watch-pid`: server processes whose CPU and memory are reported.
     pub watch_pids: Vec<u32>,

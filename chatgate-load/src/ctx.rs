@@ -105,6 +105,8 @@ pub struct Dial {
     pub ws_config: WebSocketConfig,
     /// `--connect-concurrency`: handshakes in flight.
     pub permits: Semaphore,
+    /// For wss:// URLs.
+    pub tls: Option<tokio_tungstenite::Connector>,
 }
 
 impl Dial {
@@ -135,8 +137,41 @@ impl Dial {
             .max_write_buffer_size(write_buffer + (burst + 16) * frame_len)
             .max_message_size(Some(16 << 20))
             .max_frame_size(Some(16 << 20));
-        Ok(Dial { targets, ws_config, permits: Semaphore::new(args.connect_concurrency) })
+        let tls = if args.urls.iter().any(|u| u.starts_with("wss://")) { Some(tls_client(args)?) } else { None };
+        Ok(Dial { targets, ws_config, permits: Semaphore::new(args.connect_concurrency), tls })
     }
+}
+
+/// The TLS client for wss://: `--ca`'s certificates or the system's roots; no session
+/// resumption, so every connection pays a full handshake (what a crowd of new clients costs).
+fn tls_client(args: &Args) -> Result<tokio_tungstenite::Connector, String> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, client::Resumption};
+    let mut roots = RootCertStore::empty();
+    match &args.ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("--ca {}: no certificate", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config)))
 }
 
 /// The largest message frame and how many of them one connection sends in one go (about

@@ -143,12 +143,12 @@ pub fn urls(s: &str) -> Result<List<String>, String> {
     Ok(List(out))
 }
 
-/// `ws://host[:port]/path?query` → (`host:port` to connect to, path with query).
+/// `ws://host[:port]/path?query` (or `wss://`) → (`host:port` to connect to, path with query).
 pub fn split_url(u: &str) -> Result<(String, String), String> {
-    if u.starts_with("wss://") {
-        return Err("wss:// is not supported (this tool speaks plain ws://)".into());
-    }
-    let rest = u.strip_prefix("ws://").ok_or("want a ws:// URL")?;
+    let (rest, default_port) = match u.strip_prefix("wss://") {
+        Some(rest) => (rest, 443),
+        None => (u.strip_prefix("ws://").ok_or("want a ws:// or wss:// URL")?, 80),
+    };
     let cut = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(cut);
     if authority.is_empty() || authority.contains('@') {
@@ -158,7 +158,7 @@ pub fn split_url(u: &str) -> Result<(String, String), String> {
         Some(b) => authority[b..].contains(':'),
         None => authority.contains(':'),
     };
-    let hostport = if has_port { authority.to_string() } else { format!("{authority}:80") };
+    let hostport = if has_port { authority.to_string() } else { format!("{authority}:{default_port}") };
     let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
     Ok((hostport, path))
 }
@@ -224,6 +224,8 @@ mod tests {
         assert_eq!(split_url("ws://[::1]:9000").unwrap(), ("[::1]:9000".into(), "/".into()));
         assert_eq!(split_url("ws://[::1]/ws").unwrap().0, "[::1]:80");
         assert!(split_url("ws:///ws").is_err());
+        assert_eq!(split_url("wss://example.com/ws").unwrap().0, "example.com:443");
+        assert_eq!(split_url("wss://localhost:9443/ws").unwrap().0, "localhost:9443");
         assert_eq!(urls("ws://a/ws,,ws://b/ws").unwrap().0, vec!["ws://a/ws", "ws://b/ws"]);
         assert!(urls("ws://a/ws,http://b/").is_err());
     }

@@ -205,6 +205,9 @@ pub fn endpoints(c: &ClusterConfig) -> Result<Option<Endpoints>, ConfigError> {
             if redis_ca.is_some() && !matches!(redis.addr(), redis::ConnectionAddr::TcpTls { .. }) {
                 return Err(bad("CHAT_REDIS_CA_FILE", "", "a CA file needs a rediss:// REDIS_URL"));
             }
+            if c.amqp_ca_file.is_some() && !amqp_url.starts_with("amqps://") {
+                return Err(bad("CHAT_AMQP_CA_FILE", "", "a CA file needs an amqps:// RABBIT_MQ_URL"));
+            }
             let amqp_ca = ca_file("CHAT_AMQP_CA_FILE", c.amqp_ca_file.as_deref())?
                 .map(|pem| String::from_utf8(pem).map_err(|_| bad("CHAT_AMQP_CA_FILE", "", "not a PEM file")))
                 .transpose()?;

@@ -149,6 +149,9 @@ fn backend_ca_files_are_read_at_start_up() {
     let plain = ["--rabbit-mq-url", "amqp://h", "--redis-url", "redis://r:6379/", "--redis-ca-file", empty];
     let e = with(&plain).unwrap_err();
     assert!(e.to_string().contains("CHAT_REDIS_CA_FILE"), "{e}");
+    let plain = ["--rabbit-mq-url", "amqp://h", "--redis-url", "redis://r:6379/", "--amqp-ca-file", empty];
+    let e = with(&plain).unwrap_err();
+    assert!(e.to_string().contains("CHAT_AMQP_CA_FILE"), "{e}");
     let c = with(&tls).unwrap();
     assert!(matches!(c.cluster.endpoints().unwrap().redis.addr(), redis::ConnectionAddr::TcpTls { .. }));
 }

@@ -271,6 +271,12 @@ impl Session {
                 self.close(ws::close::PROTOCOL_ERROR, "protocol error")
             }
             WsError::Utf8(_) => self.close(1007, "invalid UTF-8"),
+            // TLS: the TCP connection ended without close_notify. Plain TCP's EOF without a
+            // close frame is a protocol error above; the same here, so both count alike.
+            WsError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                debug!(conn = self.conn.id, "connection ended without a close");
+                self.close(ws::close::PROTOCOL_ERROR, "protocol error")
+            }
             // Resets, EOF without a close frame: I/O, not worth more than debug.
             e => {
                 debug!(conn = self.conn.id, error = %e, "read ended");

@@ -100,7 +100,17 @@ impl Client {
 
     /// [`Client::connect`] with a TLS set-up for `wss://` (`None`: the default).
     pub async fn connect_with(url: &str, tls: Option<tokio_tungstenite::Connector>) -> Client {
-        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls);
+        Self::handshake(tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls)).await
+    }
+
+    /// [`Client::connect_with`] over a TCP connection already made (with its own socket options).
+    pub async fn over(tcp: TcpStream, url: &str, tls: Option<tokio_tungstenite::Connector>) -> Client {
+        Self::handshake(tokio_tungstenite::client_async_tls_with_config(url, tcp, None, tls)).await
+    }
+
+    async fn handshake<R>(
+        connect: impl std::future::Future<Output = Result<(Ws, R), tokio_tungstenite::tungstenite::Error>>,
+    ) -> Client {
         let (ws, _) = tokio::time::timeout(WAIT, connect).await.expect("connect in time").expect("connect");
         let mut c = Client { ws, user: String::new(), welcome: Value::Null };
         let welcome = c.recv().await;

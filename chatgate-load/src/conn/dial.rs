@@ -1,17 +1,17 @@
-//! Opening one connection: TCP connect (bound to the source address if any), the
-//! WebSocket upgrade (with `?token=` when `--token-secret` is set) and the `welcome`.
+//! Opening one connection: TCP connect (bound to the source address if any), TLS for
+//! wss://, the WebSocket upgrade (with `?token=` when `--token-secret` is set) and the `welcome`.
 
 use std::rc::Rc;
 
 use futures_util::StreamExt;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::ctx::Ctx;
 use crate::scenario::ConnSpec;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Connects `spec` within `--connect-timeout`; returns the stream and the user id the
 /// server assigned, and records the handshake time.
@@ -29,7 +29,9 @@ pub async fn connect(ctx: &Ctx, spec: &ConnSpec) -> Result<(Ws, Rc<str>), String
         sock.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
         let stream = sock.connect(target.addr).await.map_err(|e| format!("connect {}: {e}", target.addr))?;
         let url = request_url(ctx, spec.url, spec.index)?;
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ctx.dial.ws_config))
+        // ws:// URLs stay plain; wss:// ones make the TLS handshake first (timed with the rest).
+        let tls = ctx.dial.tls.clone();
+        let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(url, stream, Some(ctx.dial.ws_config), tls)
             .await
             .map_err(|e| handshake_error(&e))?;
         loop {
