@@ -6,6 +6,7 @@ set -euo pipefail
 need_pkgs=()
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)
+command -v openssl >/dev/null || need_pkgs+=(openssl)     # scripts/loadtest.sh --tls makes its certificates
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing ${need_pkgs[*]}"
   sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
