@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -70,32 +70,19 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         http_conns.spawn(async move {
             let io = match tls {
                 None => Transport::Plain(stream),
-                Some(acceptor) => {
-                    // Bounded like a request head: a client that starts a handshake and
-                    // stalls holds a task and a socket for at most this long.
-                    let handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream));
-                    let res = tokio::select! {
-                        res = handshake => res,
-                        _ = stop.changed() => return,
-                    };
-                    match res {
-                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
-                        Ok(Err(e)) => {
-                            node.metrics.tls_handshake(false);
-                            debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            node.metrics.tls_handshake(false);
-                            debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                Some(acceptor) => match accept_tls(acceptor, stream, head_timeout, &mut stop).await {
+                    None => return,
+                    Some(Ok(tls)) => {
+                        node.metrics.tls_handshake(true);
+                        Transport::Tls(Box::new(tls))
                     }
-                }
+                    Some(Err(e)) => {
+                        node.metrics.tls_handshake(false);
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
             };
-            if io.is_tls() {
-                node.metrics.tls_handshake(true);
-            }
             let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(crate::http::Peer(peer));
                 let node = node.clone();
@@ -136,6 +123,22 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         warn!(tasks = node.background_tasks(), "releasing backends or closing HTTP connections timed out");
     }
     info!("shutdown complete");
+}
+
+/// A client's TLS handshake, bounded like a request head (a client that starts one and stalls
+/// holds a task and a socket for at most `limit`); `None` when shutdown begins meanwhile.
+async fn accept_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    limit: Duration,
+    stop: &mut watch::Receiver<()>,
+) -> Option<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    tokio::select! {
+        res = tokio::time::timeout(limit, acceptor.accept(stream)) => {
+            Some(res.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())))
+        }
+        _ = stop.changed() => None,
+    }
 }
 
 /// Part of the grace period kept for releasing presence and closing backends after the

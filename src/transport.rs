@@ -69,23 +69,6 @@ impl Transport {
             }
         }
     }
-
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Transport::Plain(tcp) => tcp,
-            Transport::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
-    /// Whether the connection is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
-    }
-
-    /// The socket's peer address.
-    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.tcp().peer_addr()
-    }
 }
 
 /// Resets the connection (`SO_LINGER` 0): the kernel drops what it still holds for the
