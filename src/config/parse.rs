@@ -222,14 +222,16 @@ pub fn endpoints(c: &ClusterConfig) -> Result<Option<Endpoints>, ConfigError> {
 pub fn server_tls(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Arc<ServerTls>>, ConfigError> {
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => match ServerTls::load(cert, key) {
-            Ok(tls) => Ok(Some(Arc::new(tls))),
-            Err(e @ TlsError::Read { .. }) if matches!(&e, TlsError::Read { path, .. } if path == key) => {
-                Err(bad("CHAT_TLS_KEY_FILE", &key.display().to_string(), e.to_string()))
-            }
-            Err(e @ TlsError::Rustls(_)) => Err(bad("CHAT_TLS_KEY_FILE", &key.display().to_string(), e.to_string())),
-            Err(e) => Err(bad("CHAT_TLS_CERT_FILE", &cert.display().to_string(), e.to_string())),
-        },
+        (Some(cert), Some(key)) => ServerTls::load(cert, key).map(|tls| Some(Arc::new(tls))).map_err(|e| {
+            // The key is at fault when it cannot be read or does not match the certificate.
+            let key_at_fault = match &e {
+                TlsError::Read { path, .. } => path == key,
+                TlsError::Rustls(_) => true,
+                TlsError::NoCertificate(_) => false,
+            };
+            let (var, file) = if key_at_fault { ("CHAT_TLS_KEY_FILE", key) } else { ("CHAT_TLS_CERT_FILE", cert) };
+            bad(var, &file.display().to_string(), e.to_string())
+        }),
         (Some(_), None) => Err(bad("CHAT_TLS_KEY_FILE", "", "CHAT_TLS_CERT_FILE is set; TLS needs the key too")),
         (None, Some(_)) => {
             Err(bad("CHAT_TLS_CERT_FILE", "", "CHAT_TLS_KEY_FILE is set; TLS needs the certificate too"))
